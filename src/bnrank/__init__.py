@@ -1,0 +1,24 @@
+"""bnrank: the bottleneck structure of deep L2-regularized networks.
+
+Public API:
+    train(config, out=None)      train an ensemble from a run config, optionally save a run dir
+    load_run(path)               read a run directory back (model, config, task, metrics)
+    EnsembleMLP                  E stacked ReLU MLPs; to_sequential / from_sequential
+    fit(model, x, y, train_cfg)  the trainer on your own data
+    RunConfig, load_run_config   validated configs
+"""
+
+__version__ = "0.1.0"
+
+from bnrank.config import RunConfig, load_run_config
+from bnrank.errors import BnrankError, ConfigError, DataError, ModelError, StoreError
+from bnrank.models import EnsembleMLP
+from bnrank.runs import Run, load_run, train
+from bnrank.tasks import TaskData, make_task
+from bnrank.train import fit
+
+__all__ = [
+    "__version__", "RunConfig", "load_run_config", "BnrankError", "ConfigError", "DataError",
+    "ModelError", "StoreError", "EnsembleMLP", "Run", "load_run", "train", "TaskData",
+    "make_task", "fit",
+]

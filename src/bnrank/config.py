@@ -1,0 +1,262 @@
+"""Validated configuration: task, model, training phases, and a whole run.
+
+A run config is YAML (or a dict) with four sections; every field has a default, unknown keys are
+errors. Fields typed ``PerMember`` take one value for the whole ensemble or a list with one value
+per member (length ``members``), so an ensemble can vary λ, learning rate and init scale.
+
+    seed: 0            # member i is initialised with seed + i (or `seeds`)
+    members: 4         # ensemble size E
+    task:  {kind: composition, rank: 2, n_train: 500}
+    model: {depth: 12, width: 100}
+    train:
+      lam: 0.001
+      phases: [{optimizer: adam, steps: 5000, lr: 0.003, schedule: cosine}]
+
+``override(cfg_dict, ["train.lam=0.01", "train.phases.0.steps=100"])`` applies ``--set`` pairs
+(values parsed as YAML) before validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bnrank.errors import ConfigError
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PerMember = Union[PositiveFloat, list[PositiveFloat]]
+PerMemberNonNegative = Union[NonNegativeFloat, list[NonNegativeFloat]]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CompositionTask(StrictModel):
+    """Rank-k composition task (theory.md §5, Figure 1): x = g(z), y = h(z_1..z_k).
+
+    z ~ N(0, I_latent_dim); g: R^latent_dim → R^d_in and h: R^rank → R^d_out are random
+    one-hidden-layer ReLU nets of width `hidden`; x and y are standardized per coordinate.
+    """
+
+    kind: Literal["composition"] = "composition"
+    latent_dim: int = Field(8, gt=0)
+    rank: int = Field(2, gt=0)
+    d_in: int = Field(20, gt=0)
+    d_out: int = Field(20, gt=0)
+    n_train: int = Field(500, gt=0)
+    n_test: int = Field(500, ge=0)
+    noise: NonNegativeFloat = 0.0
+    hidden: int = Field(100, gt=0)
+    bias_std: NonNegativeFloat = 0.5
+    g_scale: PositiveFloat = 1.0
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _rank_fits_latent(self) -> "CompositionTask":
+        if self.rank > self.latent_dim:
+            raise ValueError(f"rank ({self.rank}) must be <= latent_dim ({self.latent_dim})")
+        return self
+
+
+TaskConfig = CompositionTask
+
+
+class ModelConfig(StrictModel):
+    """Fully connected ReLU net: `depth` weight matrices, hidden width `width`.
+
+    Init: W_ℓ ~ N(0, init_scale² · gain / fan_in) with gain 1 for ℓ = 1 (no ReLU on the input)
+    and 2 afterwards (He); biases zero.
+    """
+
+    depth: int = Field(8, gt=0)
+    width: int = Field(100, gt=0)
+    init_scale: PerMember = 1.0
+
+
+class Phase(StrictModel):
+    """One training phase: an optimizer run for `steps` steps with a learning-rate schedule.
+
+    `lr` is the peak learning rate; the schedule multiplies it by a factor in [final_lr_factor, 1]
+    after `warmup_steps` of linear warm-up. `lam_factor_start` anneals the regularization: λ is
+    multiplied by a factor going geometrically from lam_factor_start to 1 over the first
+    `lam_anneal_fraction` of the phase (1 = constant λ).
+    """
+
+    optimizer: Literal["adam", "gd", "sgd"] = "adam"
+    steps: int = Field(1000, gt=0)
+    lr: PerMember = 1e-3
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    final_lr_factor: float = Field(0.0, ge=0, le=1)
+    warmup_steps: int = Field(0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    batch_size: int | None = Field(None, gt=0)
+    lam_factor_start: PositiveFloat = 1.0
+    lam_anneal_fraction: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Phase":
+        if self.optimizer == "sgd" and self.batch_size is None:
+            raise ValueError("optimizer 'sgd' needs batch_size (use 'gd' for full batch)")
+        if self.optimizer == "gd" and self.batch_size is not None:
+            raise ValueError("optimizer 'gd' is full batch: drop batch_size or use 'sgd'")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError("betas must lie in [0, 1)")
+        return self
+
+
+class StopRule(StrictModel):
+    """Stop when, at a logging step, every live member's objective changed by less than
+    `rel_tol` (relative) over the last `window` steps and its balancedness error is below
+    `balance_tol`. Checked only after `min_steps`."""
+
+    window: int = Field(1000, gt=0)
+    rel_tol: PositiveFloat = 1e-5
+    balance_tol: PositiveFloat = 0.01
+    min_steps: int = Field(0, ge=0)
+
+
+class TrainConfig(StrictModel):
+    lam: PerMemberNonNegative = 1e-3
+    phases: list[Phase] = Field(default_factory=lambda: [Phase()], min_length=1)
+    log_every: int = Field(100, gt=0)
+    rebalance_every: int = Field(0, ge=0)
+    stop: StopRule | None = None
+
+
+class RunConfig(StrictModel):
+    seed: int = 0
+    seeds: list[int] | None = None
+    members: int = Field(1, gt=0)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    dtype: Literal["float32", "float64"] = "float32"
+    task: TaskConfig = Field(default_factory=CompositionTask)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _per_member_lengths(self) -> "RunConfig":
+        fields = {"model.init_scale": self.model.init_scale, "train.lam": self.train.lam}
+        fields |= {f"train.phases.{i}.lr": p.lr for i, p in enumerate(self.train.phases)}
+        if self.seeds is not None:
+            fields["seeds"] = self.seeds
+        for name, value in fields.items():
+            if isinstance(value, list) and len(value) != self.members:
+                raise ValueError(
+                    f"{name} has {len(value)} values but members = {self.members}"
+                )
+        return self
+
+    def member_seeds(self) -> list[int]:
+        """Initialisation seed of every member."""
+        return list(self.seeds) if self.seeds is not None else [self.seed + i for i in range(self.members)]
+
+
+def per_member(value: float | list[float], members: int) -> list[float]:
+    """Expand a PerMember field to one float per member."""
+    return [float(v) for v in value] if isinstance(value, list) else [float(value)] * members
+
+
+_UNION_TAGS = {"list", "float", "int", "str", "dict", "tuple", "bool", "none"}
+
+
+def _field_path(loc: tuple) -> str:
+    """Dotted path of a pydantic error location, without union-branch and validator tags."""
+    keep = [str(p) for p in loc if isinstance(p, int) or (p not in _UNION_TAGS and "-" not in p and "[" not in p)]
+    return ".".join(keep)
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    messages: dict[str, str] = {}
+    for e in err.errors():
+        loc = _field_path(e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        messages.setdefault(loc, msg)
+    return "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in messages.items())
+
+
+def validate(model: type[BaseModel], data: Any, source: str = "config") -> Any:
+    """Validate `data` into `model`, turning pydantic's report into one ConfigError line."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_format_validation_error(err)}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; unreadable or malformed files raise ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+
+
+def override(data: dict, assignments: list[str]) -> dict:
+    """Apply `key.sub=value` assignments (value parsed as YAML) to a nested dict copy."""
+    import copy
+
+    data = copy.deepcopy(data or {})
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+        node: Any = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                node = _list_item(node, part, key)
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"--set {key}: {part!r} is not a section")
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _index(node, last, key)
+            node[idx] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {key}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _list_item(node: list, part: str, key: str) -> Any:
+    return node[_index(node, part, key)]
+
+
+def load_run_config(path: str | Path | None = None, assignments: list[str] = ()) -> RunConfig:
+    """Read a run config from YAML (or defaults when `path` is None) and apply --set pairs."""
+    data = read_yaml(path) if path is not None else {}
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return validate(RunConfig, override(data or {}, list(assignments)), source=str(path or "config"))
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML (every default written out)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,21 @@
+"""Errors for bad input. The CLI prints their message on one line and exits with code 2."""
+
+
+class BnrankError(Exception):
+    """Bad input from the user: a config, data, a file or a model bnrank cannot use."""
+
+
+class ConfigError(BnrankError):
+    """A config that does not validate."""
+
+
+class DataError(BnrankError):
+    """Data with the wrong shape, dtype or non-finite values."""
+
+
+class ModelError(BnrankError):
+    """A model bnrank cannot convert or analyze."""
+
+
+class StoreError(BnrankError):
+    """A run or sweep directory that is missing, incomplete or corrupt."""

@@ -1,0 +1,45 @@
+"""The rank-k composition task of theory.md §5 (Figure 1).
+
+z ~ N(0, I_m) (m = latent_dim); x = g(z) ∈ R^{d_in}; y = h(z_1, ..., z_k) ∈ R^{d_out}, where g and
+h are random one-hidden-layer ReLU networks of width `hidden`: first-layer weights N(0, 1/fan_in)
+(times `g_scale` for g), biases N(0, bias_std²), second layer N(0, 1/hidden), no output bias.
+x and y are standardized per coordinate with the training set's mean and std; then Gaussian
+noise of std `noise` is added to y. The target factors through k dimensions, so its
+bottleneck rank is at most k (``metadata["true_rank"]``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bnrank.tasks.base import TaskData
+
+
+def _random_relu_net(gen: torch.Generator, d_in: int, hidden: int, d_out: int, bias_std: float, scale: float = 1.0):
+    w1 = torch.randn(hidden, d_in, generator=gen, dtype=torch.float64) * (scale / d_in**0.5)
+    b1 = torch.randn(hidden, generator=gen, dtype=torch.float64) * bias_std
+    w2 = torch.randn(d_out, hidden, generator=gen, dtype=torch.float64) / hidden**0.5
+    return lambda z: torch.relu(z @ w1.T + b1) @ w2.T
+
+
+def _standardize(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-12)
+    return (train - mean) / std, (test - mean) / std
+
+
+def composition_task(cfg) -> TaskData:
+    """Generate the task described by a `CompositionTask` config (deterministic in cfg.seed)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    g = _random_relu_net(gen, cfg.latent_dim, cfg.hidden, cfg.d_in, cfg.bias_std, cfg.g_scale)
+    h = _random_relu_net(gen, cfg.rank, cfg.hidden, cfg.d_out, cfg.bias_std)
+    n = cfg.n_train + cfg.n_test
+    z = torch.randn(n, cfg.latent_dim, generator=gen, dtype=torch.float64)
+    x, y = g(z), h(z[:, : cfg.rank])
+    x_train, x_test = _standardize(x[: cfg.n_train], x[cfg.n_train :])
+    y_train, y_test = _standardize(y[: cfg.n_train], y[cfg.n_train :])
+    if cfg.noise > 0:
+        y_train = y_train + cfg.noise * torch.randn(y_train.shape, generator=gen, dtype=torch.float64)
+        y_test = y_test + cfg.noise * torch.randn(y_test.shape, generator=gen, dtype=torch.float64)
+    meta = {"kind": "composition", "true_rank": cfg.rank, "latent_dim": cfg.latent_dim}
+    return TaskData(x_train, y_train, x_test, y_test, meta)

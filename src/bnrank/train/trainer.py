@@ -1,0 +1,176 @@
+"""`fit`: train an ensemble on the regularized objective, in phases, with diagnostics.
+
+The hot loop does one batched forward/backward for all members and never synchronizes on a
+member's value: a member whose objective turns non-finite is masked out on-device (its
+parameters stay as they were at that step) while the others go on unchanged. Diagnostics are
+computed every `log_every` steps at the current parameters on the full training set.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor
+
+from bnrank.config import StopRule, TrainConfig, per_member
+from bnrank.errors import DataError
+from bnrank.models import EnsembleMLP
+from bnrank.train.objective import objective
+from bnrank.train.optim import make_optimizer
+from bnrank.train.rebalance import balance_error, rebalance_
+from bnrank.train.schedules import lam_factor, lr_factor
+
+METRIC_COLUMNS = [
+    "step", "phase", "member", "objective", "mse", "param_norm_sq", "grad_norm",
+    "balance_error", "lr", "lam", "diverged",
+]
+
+
+@dataclass
+class TrainResult:
+    """What `fit` did. `metrics` has one row per (logged step, member), columns METRIC_COLUMNS."""
+
+    metrics: pd.DataFrame
+    diverged: list[bool]
+    diverged_step: list[int | None]
+    converged: list[bool]
+    steps: int
+    stopped_early: bool
+    wall_time: float
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        disable=not enabled, transient=False,
+    )
+
+
+def _converged(history: list[tuple[int, Tensor]], now: Tensor, balance: Tensor, step: int, rule: StopRule) -> Tensor:
+    """(E,) bool: relative objective change over `rule.window` steps and balance within tolerance."""
+    past = [obj for s, obj in history if s <= step - rule.window]
+    if step < rule.min_steps or not past:
+        return torch.zeros_like(now, dtype=torch.bool)
+    rel = (now - past[-1]).abs() / now.abs().clamp_min(1e-30)
+    return (rel < rule.rel_tol) & (balance < rule.balance_tol)
+
+
+def fit(
+    model: EnsembleMLP,
+    x: Tensor,
+    y: Tensor,
+    config: TrainConfig,
+    lam: list[float] | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train `model` in place on (x, y) following `config`; returns metrics and flags.
+
+    x: (N, d_in) shared by the members or (E, N, d_in); y likewise with d_out. `lam` overrides
+    config.lam (one value per member). `seed` drives minibatch sampling. `progress=None` shows
+    a bar only when stderr is a terminal.
+    """
+    E, ref = model.members, model.weights[0]
+    x = x.to(dtype=ref.dtype, device=ref.device)
+    y = y.to(dtype=ref.dtype, device=ref.device)
+    n = x.shape[-2]
+    if y.shape[-2] != n or y.shape[-1] != model.dims[-1]:
+        raise DataError(f"targets of shape {tuple(y.shape)} do not fit inputs with N = {n} and d_out = {model.dims[-1]}")
+    for name, t in (("x", x), ("y", y)):
+        if not torch.isfinite(t).all():
+            raise DataError(f"training {name} contains NaN or inf")
+    as_vec = lambda v: torch.tensor(v, dtype=ref.dtype, device=ref.device)  # noqa: E731
+    lam_base = as_vec(lam if lam is not None else per_member(config.lam, E))
+    params = list(model.parameters())
+    active = torch.ones(E, dtype=torch.bool, device=ref.device)
+    diverged_at = torch.full((E,), -1, dtype=torch.long, device=ref.device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    rows: list[dict] = []
+    history: list[tuple[int, Tensor]] = []
+    converged = torch.zeros(E, dtype=torch.bool)
+    stopped_early = False
+    step = 0
+    total_steps = sum(p.steps for p in config.phases)
+    show = sys.stderr.isatty() if progress is None else progress
+    start = time.perf_counter()
+
+    def log(phase_idx: int, lr: Tensor, lam_t: Tensor) -> tuple[Tensor, Tensor]:
+        """Record diagnostics at the current parameters; returns (objective, balance error) (E,)
+        on the CPU in float64."""
+        with torch.enable_grad():
+            obj, err, norm = objective(model, x, y, lam_t)
+            grads = torch.autograd.grad(obj.sum(), params)
+        gnorm = sum(g.square().flatten(1).sum(1) for g in grads).sqrt()
+        bal = balance_error(model)
+        cols = {
+            "objective": obj, "mse": err, "param_norm_sq": norm, "grad_norm": gnorm,
+            "balance_error": bal, "lr": lr, "lam": lam_t, "diverged": ~active,
+        }
+        values = {k: v.detach().cpu().tolist() for k, v in cols.items()}
+        for e in range(E):
+            rows.append({"step": step, "phase": phase_idx, "member": e} | {k: v[e] for k, v in values.items()})
+        return obj.detach().double().cpu(), bal.double().cpu()
+
+    with _progress(show) as bar:
+        task = bar.add_task("training", total=total_steps, info="")
+        for phase_idx, phase in enumerate(config.phases):
+            opt = make_optimizer(phase, params)
+            lr_base = as_vec(per_member(phase.lr, E))
+            batch = phase.batch_size
+            perm = torch.randperm(n, generator=gen) if batch else None
+            cursor = 0
+            if step == 0:
+                history.append((0, log(phase_idx, lr_base * lr_factor(phase, 0), lam_base * lam_factor(phase, 0))[0]))
+            for t in range(phase.steps):
+                lr = lr_base * lr_factor(phase, t)
+                lam_t = lam_base * lam_factor(phase, t)
+                if batch:
+                    if cursor + batch > n:
+                        perm, cursor = torch.randperm(n, generator=gen), 0
+                    idx = perm[cursor : cursor + batch].to(ref.device)
+                    cursor += batch
+                    xb, yb = x[..., idx, :], y[..., idx, :]
+                else:
+                    xb, yb = x, y
+                obj, _, _ = objective(model, xb, yb, lam_t)
+                grads = torch.autograd.grad(obj.sum(), params)
+                finite = torch.isfinite(obj)
+                diverged_at = torch.where(active & ~finite, step, diverged_at)
+                active &= finite
+                opt.step(grads, lr, active)
+                step += 1
+                if config.rebalance_every and step % config.rebalance_every == 0:
+                    rebalance_(model, active=active)
+                last = t == phase.steps - 1
+                if step % config.log_every == 0 or last:
+                    now, bal = log(phase_idx, lr, lam_t)
+                    history.append((step, now))
+                    live = active.cpu()
+                    info = f"objective {now[live].mean().item():.4g}" if live.any() else "all diverged"
+                    bar.update(task, completed=step, info=info)
+                    if config.stop is not None:
+                        converged = _converged(history, now, bal, step, config.stop)
+                        if live.any() and bool(converged[live].all()) and step < total_steps:
+                            stopped_early = True
+                            break
+            if stopped_early:
+                break
+        bar.update(task, completed=total_steps if not stopped_early else step)
+
+    metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    div_at = diverged_at.cpu().tolist()
+    return TrainResult(
+        metrics=metrics,
+        diverged=[d >= 0 for d in div_at],
+        diverged_step=[d if d >= 0 else None for d in div_at],
+        converged=(converged & active.cpu()).tolist(),
+        steps=step,
+        stopped_early=stopped_early,
+        wall_time=time.perf_counter() - start,
+    )
