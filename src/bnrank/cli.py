@@ -59,6 +59,26 @@ def train(
     console.print(table)
 
 
+@app.command()
+def reproduce(
+    experiment: Annotated[str, typer.Argument(help="Which figure: see `bnrank.experiments.EXPERIMENTS`.")],
+    preset: Annotated[str, typer.Option(help="Size preset, e.g. quick or paper.")] = "quick",
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default out/<experiment>-<preset>).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Reproduce a figure of the papers: figures (PNG, SVG), tables (Parquet) and summary.json."""
+    from bnrank.experiments import get_experiment
+
+    out = out or Path("out") / f"{experiment}-{preset}"
+    try:
+        module = get_experiment(experiment)
+        if preset not in module.PRESETS:
+            _fail(f"unknown preset {preset!r} for {experiment} (known: {', '.join(module.PRESETS)})")
+        module.run(preset, out, progress=False if quiet else None)
+    except BnrankError as err:
+        _fail(str(err))
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,24 @@
+"""Reproductions of the papers' figures, one module per figure.
+
+Each experiment module defines ``PRESETS`` (names, e.g. "quick" and "paper") and
+``run(preset: str, out: Path, progress: bool | None, **options) -> dict`` which writes its figures,
+tables and ``summary.json`` under `out` and returns the summary. `EXPERIMENTS` maps the name used
+by ``bnrank reproduce NAME`` to the module path; modules are imported on use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from bnrank.errors import ConfigError
+
+EXPERIMENTS: dict[str, str] = {}
+
+
+def get_experiment(name: str) -> ModuleType:
+    """The module of experiment `name`; an unknown name raises ConfigError listing the known ones."""
+    if name not in EXPERIMENTS:
+        known = ", ".join(sorted(EXPERIMENTS)) or "none yet"
+        raise ConfigError(f"unknown experiment {name!r} (known: {known})")
+    return importlib.import_module(EXPERIMENTS[name])
