@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    """Tests are small: one thread keeps them fast and deterministic on a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_config(**overrides) -> dict:
+    """A run config that trains in well under a second."""
+    cfg = {
+        "seed": 0,
+        "members": 2,
+        "task": {"n_train": 32, "n_test": 16, "d_in": 5, "d_out": 3, "latent_dim": 4, "rank": 2, "hidden": 16},
+        "model": {"depth": 3, "width": 8},
+        "train": {"lam": 0.01, "log_every": 10, "phases": [{"optimizer": "adam", "steps": 30, "lr": 0.01}]},
+    }
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg

@@ -1,0 +1,60 @@
+import pytest
+
+from bnrank.config import RunConfig, load_run_config, override, per_member, validate
+from bnrank.errors import ConfigError
+
+
+def test_defaults_validate_and_member_seeds():
+    cfg = validate(RunConfig, {"members": 3, "seed": 10})
+    assert cfg.member_seeds() == [10, 11, 12]
+    assert validate(RunConfig, {"members": 2, "seeds": [5, 9]}).member_seeds() == [5, 9]
+    assert per_member(0.1, 3) == [0.1, 0.1, 0.1]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"model": {"widht": 3}}, "model.widht: unknown key"),
+        ({"model": {"width": 0}}, "model.width"),
+        ({"model": {"depth": -2}}, "model.depth"),
+        ({"train": {"lam": -1}}, "train.lam"),
+        ({"train": {"phases": [{"lr": 0}]}}, "train.phases.0.lr"),
+        ({"train": {"phases": [{"steps": 0}]}}, "train.phases.0.steps"),
+        ({"train": {"phases": [{"optimizer": "lbfgs"}]}}, "train.phases.0.optimizer"),
+        ({"train": {"phases": [{"optimizer": "sgd"}]}}, "batch_size"),
+        ({"train": {"phases": []}}, "train.phases"),
+        ({"task": {"n_train": 0}}, "task.n_train"),
+        ({"task": {"rank": 9, "latent_dim": 8}}, "rank"),
+        ({"members": 2, "train": {"lam": [0.1, 0.2, 0.3]}}, "train.lam has 3 values but members = 2"),
+        ({"train": {"lam": float("nan")}}, "train.lam"),
+        ("just a string", "mapping"),
+    ],
+)
+def test_bad_configs_fail_with_one_line_naming_the_field(data, message):
+    with pytest.raises(ConfigError) as info:
+        validate(RunConfig, data)
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_override_sets_nested_keys_and_list_items():
+    data = {"train": {"phases": [{"lr": 0.1}, {"lr": 0.2}]}}
+    out = override(data, ["train.phases.1.lr=0.5", "model.depth=12", "train.lam=[0.1, 0.2]"])
+    assert out["train"]["phases"][1]["lr"] == 0.5 and out["model"]["depth"] == 12
+    assert out["train"]["lam"] == [0.1, 0.2] and data["train"]["phases"][1]["lr"] == 0.2
+    with pytest.raises(ConfigError, match="key=value"):
+        override({}, ["model.depth"])
+    with pytest.raises(ConfigError, match="index"):
+        override(data, ["train.phases.5.lr=1"])
+
+
+def test_yaml_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {depth: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_run_config(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_run_config(tmp_path / "missing.yaml")
+    good = tmp_path / "good.yaml"
+    good.write_text("members: 2\nmodel: {depth: 4}\n")
+    assert load_run_config(good, ["model.width=7"]).model.width == 7
