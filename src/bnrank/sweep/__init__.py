@@ -1,0 +1,144 @@
+"""Sweeps: a grid of run configs × seeds, trained as batched ensembles into a resumable store.
+
+>>> result = run_sweep("examples/sweep-tiny.yaml", "sweeps/tiny")     # doctest: +SKIP
+>>> result.runs.groupby("model.depth").mid_rank.mean()                 # doctest: +SKIP
+
+`run_sweep` expands the spec into cells (one network each, bnrank.sweep.spec), skips the cells
+the directory already has, groups the others by network shape into ensembles of at most
+`max_members` (bnrank.sweep.grouping), trains each group (bnrank.sweep.work.run_group) with
+an executor (bnrank.sweep.executors), writes every finished group as an atomic part and
+consolidates the tables (bnrank.sweep.store). Rerunning the same call resumes.
+
+Tables (pandas DataFrames; each has ``cell_id``, ``group_id`` and ``member``, the cell's index in
+its group's ensemble):
+
+runs      one row per network: every grid key (dotted column names), seed, depth, width, lam,
+          init_scale, lr (phase 0), task, task_seed, n_train, d_in, d_out, true_rank; the final
+          objective, mse, test_mse (nan without a test set), param_norm_sq (‖θ‖²), grad_norm,
+          balance_error; diverged, diverged_step, converged; mid_rank (# singular values of
+          W_{⌈L/2⌉} above 0.1); steps; train_time_s (the group's `fit`), wall_time_s (the group's
+          task building, training and analysis) and threads: the times are the group's, shared
+          by all its members.
+metrics   one row per logged step and network (bnrank.train.METRIC_COLUMNS).
+layers, points, network
+          bnrank.analyze on at most `analyze_points` training inputs (when the spec's `analyze`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from bnrank.checkpoint import load_checkpoint
+from bnrank.config import RunConfig
+from bnrank.errors import StoreError
+from bnrank.models import EnsembleMLP
+from bnrank.runs import DTYPES, versions
+from bnrank.sweep.executors import LocalExecutor
+from bnrank.sweep.grouping import Group, group_cells
+from bnrank.sweep.spec import Cell, SweepSpec, expand, load_spec
+from bnrank.sweep.store import SweepStore
+from bnrank.sweep.work import GroupResult, run_group
+
+__all__ = [
+    "run_sweep", "load_sweep", "SweepResult", "SweepSpec", "Cell", "Group", "GroupResult",
+    "LocalExecutor", "expand", "group_cells", "load_spec", "run_group",
+]
+
+
+@dataclass
+class SweepResult:
+    """A sweep directory's spec, cells and tables (see the module docstring for the columns)."""
+
+    path: Path
+    spec: SweepSpec
+    cells: list[Cell]
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    layers: pd.DataFrame
+    points: pd.DataFrame
+    network: pd.DataFrame
+
+    @property
+    def complete(self) -> bool:
+        """Whether every cell of the spec has finished."""
+        return len(self.runs) == len(self.cells)
+
+    def config(self, cell_id: str) -> RunConfig:
+        """The resolved single-member run config of a cell."""
+        for cell in self.cells:
+            if cell.cell_id == cell_id:
+                return cell.config
+        raise StoreError(f"no cell {cell_id!r} in sweep {self.path}")
+
+    def model(self, cell_id: str) -> EnsembleMLP:
+        """The trained network of a finished cell, as a one-member ensemble."""
+        row = self.runs.loc[self.runs.cell_id == cell_id] if not self.runs.empty else self.runs
+        if row.empty:
+            raise StoreError(f"cell {cell_id!r} has not finished in sweep {self.path}")
+        store = SweepStore(self.path)
+        dtype = DTYPES[self.config(cell_id).dtype]
+        return load_checkpoint(store.checkpoint(row.group_id.iloc[0]), dtype=dtype).select([int(row.member.iloc[0])])
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("cells, {task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
+    )
+
+
+def run_sweep(
+    spec: SweepSpec | dict | str | Path,
+    out: str | Path,
+    workers: int = 1,
+    resume: bool = True,
+    progress: bool | None = None,
+    overrides: list[str] = (),
+    executor=None,
+) -> SweepResult:
+    """Run (or resume) the sweep `spec` (a SweepSpec, dict or YAML path) into directory `out`.
+
+    Cells `out` already holds are skipped; the rest are grouped, trained with `executor`
+    (default ``LocalExecutor(workers)``; any object with ``map(groups) -> Iterator[GroupResult]``)
+    and each finished group is written at once. On an error or Ctrl-C the finished groups are
+    kept and consolidated, then the exception propagates; rerunning resumes. `overrides` are
+    ``key=value`` strings (see `load_spec`). `progress=None` shows a bar when stderr is a
+    terminal. Raises ConfigError for a bad spec and StoreError when `out` holds another sweep,
+    is in use, or (with ``resume=False``) already has results.
+    """
+    spec = load_spec(spec, list(overrides))
+    cells = expand(spec)
+    order = {c.cell_id: c.index for c in cells}
+    executor = executor or LocalExecutor(workers)
+    store = SweepStore(out)
+    show = sys.stderr.isatty() if progress is None else progress
+    with store.writing(spec, resume=resume):
+        done = store.done_cells()
+        todo = [c for c in cells if c.cell_id not in done]
+        groups = group_cells(todo, spec.max_members, spec.analyze_points if spec.analyze else 0)
+        try:
+            with _progress(show) as bar, contextlib.closing(executor.map(groups)) as results:
+                task = bar.add_task(f"sweep {spec.name}", total=len(cells), completed=len(cells) - len(todo), info=f"0/{len(groups)} groups")
+                for k, result in enumerate(results, start=1):
+                    store.write_part(result)
+                    bar.update(task, advance=len(result.tables["runs"]), info=f"{k}/{len(groups)} groups")
+        finally:
+            tables = store.consolidate(spec, order, versions())
+    return SweepResult(Path(out), spec, cells, **tables)
+
+
+def load_sweep(path: str | Path) -> SweepResult:
+    """Read a sweep directory (finished or not) without writing to it."""
+    store = SweepStore(path)
+    if store.stored_spec() is None:
+        raise StoreError(f"not a sweep directory (no spec.yaml): {path}")
+    spec = load_spec(store.spec_path)
+    cells = expand(spec)
+    tables = store.read_tables({c.cell_id: c.index for c in cells})
+    return SweepResult(Path(path), spec, cells, **tables)

@@ -1,0 +1,71 @@
+"""Executors run groups and yield their results as they finish; the caller writes the store.
+
+An executor is any object with ``map(groups) -> Iterator[GroupResult]`` that runs the pure
+function `bnrank.sweep.work.run_group` on each group, in any order. Results travel back to the
+caller, which alone writes the sweep directory, so workers never touch the store and a worker
+left running after its parent died cannot write a stale part.
+
+`LocalExecutor(workers=1)` runs the groups in this process with torch's current thread count.
+`LocalExecutor(workers=N)` runs them in N spawned processes (spawn: no forked torch thread pools),
+each with ``max(1, cores // N)`` torch threads, so the processes share the machine's cores
+rather than oversubscribe them. As with any spawned pool, a script that calls it must guard its
+entry point with ``if __name__ == "__main__":``. Workers ignore SIGINT: on Ctrl-C the parent
+stops waiting, terminates them and lets the interrupt propagate (groups in flight are lost).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+import torch
+
+from bnrank.sweep.grouping import Group
+from bnrank.sweep.work import GroupResult, run_group
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _init_worker(threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+
+
+class LocalExecutor:
+    """Run groups in this process (`workers` = 1) or a pool of `workers` local processes."""
+
+    def __init__(self, workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+
+    def map(self, groups: Sequence[Group]) -> Iterator[GroupResult]:
+        """Yield one GroupResult per group, in completion order."""
+        workers = min(self.workers, len(groups))
+        if workers <= 1:
+            for group in groups:
+                yield run_group(group)
+            return
+        threads = max(1, available_cores() // workers)
+        pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+        )
+        finished = False
+        try:
+            pending = {pool.submit(run_group, g) for g in groups}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+            finished = True
+        finally:
+            if not finished:  # interrupted or failed: do not wait for the groups in flight
+                for process in list((pool._processes or {}).values()):  # no public API before 3.14
+                    process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
