@@ -18,11 +18,12 @@ per member (length ``members``), so an ensemble can vary λ, learning rate and i
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from bnrank.errors import ConfigError
 
@@ -63,7 +64,46 @@ class CompositionTask(StrictModel):
         return self
 
 
-TaskConfig = CompositionTask
+class SymmetryTask(StrictModel):
+    """Symmetry-learning task (theory.md §5, Figure 2): x ∈ R³, targets = the rotation invariants
+    (wᵀx_t, ‖P⊥x_t‖), t = 1..path_length, along the gradient-descent path x_t of a potential V
+    invariant under rotations about `axis` (see bnrank.tasks.symmetry). Bottleneck rank 2.
+
+    `axis` is normalized to unit length (a zero axis is an error); `kappa` is V's pull towards
+    the plane wᵀx = 0; `step` is the GD step η; inputs are uniform in the ball of radius `scale`
+    ("ball") or N(0, scale² I) ("gaussian"); targets are standardized per coordinate.
+    """
+
+    kind: Literal["symmetry"] = "symmetry"
+    axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    kappa: NonNegativeFloat = 0.5
+    step: PositiveFloat = 0.1
+    path_length: int = Field(10, gt=0)
+    n_train: int = Field(500, gt=0)
+    n_test: int = Field(500, ge=0)
+    distribution: Literal["ball", "gaussian"] = "ball"
+    scale: PositiveFloat = 1.5
+    seed: int = 0
+
+    @field_validator("axis")
+    @classmethod
+    def _unit_axis(cls, axis: tuple[float, float, float]) -> tuple[float, float, float]:
+        norm = sum(a * a for a in axis) ** 0.5
+        if not math.isfinite(norm) or norm < 1e-12:
+            raise ValueError(f"axis must be a finite non-zero vector, got {list(axis)}")
+        return axis if abs(norm - 1) < 1e-12 else tuple(a / norm for a in axis)  # idempotent
+
+
+def _task_kind(value: Any) -> Any:
+    """The task's `kind`; a mapping without one is a composition task (the default kind)."""
+    return value.get("kind", "composition") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+TaskConfig = Annotated[
+    Union[Annotated[CompositionTask, Tag("composition")], Annotated[SymmetryTask, Tag("symmetry")]],
+    Discriminator(_task_kind, custom_error_type="task_kind", custom_error_message="kind must be 'composition' or 'symmetry'"),
+]
+_TASK_KINDS = {"composition", "symmetry"}
 
 
 class ModelConfig(StrictModel):
@@ -168,7 +208,8 @@ _UNION_TAGS = {"list", "float", "int", "str", "dict", "tuple", "bool", "none"}
 
 def _field_path(loc: tuple) -> str:
     """Dotted path of a pydantic error location, without union-branch and validator tags."""
-    keep = [str(p) for p in loc if isinstance(p, int) or (p not in _UNION_TAGS and "-" not in p and "[" not in p)]
+    tags = _UNION_TAGS | _TASK_KINDS  # pydantic puts the discriminated task's kind in the path
+    keep = [str(p) for p in loc if isinstance(p, int) or (p not in tags and "-" not in p and "[" not in p)]
     return ".".join(keep)
 
 

@@ -52,6 +52,7 @@ def check_xy(x: Tensor, y: Tensor, name: str = "data") -> None:
 def make_task(cfg) -> TaskData:
     """Build the task a validated task config describes."""
     from bnrank.tasks.composition import composition_task
+    from bnrank.tasks.symmetry import symmetry_task
 
-    builders = {"composition": composition_task}
+    builders = {"composition": composition_task, "symmetry": symmetry_task}
     return builders[cfg.kind](cfg)
