@@ -6,12 +6,15 @@ Public API:
     EnsembleMLP                  E stacked ReLU MLPs; to_sequential / from_sequential
     fit(model, x, y, train_cfg)  the trainer on your own data
     RunConfig, load_run_config   validated configs
+    analyze(model, X)            every quantity of the theory: layers / points / network DataFrames
+    linear_cost, linear_expansion, fit_depth_expansion   closed forms and the depth fit
 """
 
 __version__ = "0.1.0"
 
 from bnrank.config import RunConfig, load_run_config
 from bnrank.errors import BnrankError, ConfigError, DataError, ModelError, StoreError
+from bnrank.measure import Analysis, analyze, fit_depth_expansion, linear_cost, linear_expansion
 from bnrank.models import EnsembleMLP
 from bnrank.runs import Run, load_run, train
 from bnrank.tasks import TaskData, make_task
@@ -19,6 +22,7 @@ from bnrank.train import fit
 
 __all__ = [
     "__version__", "RunConfig", "load_run_config", "BnrankError", "ConfigError", "DataError",
-    "ModelError", "StoreError", "EnsembleMLP", "Run", "load_run", "train", "TaskData",
+    "ModelError", "StoreError", "Analysis", "analyze", "fit_depth_expansion", "linear_cost",
+    "linear_expansion", "EnsembleMLP", "Run", "load_run", "train", "TaskData",
     "make_task", "fit",
 ]

@@ -79,6 +79,54 @@ def reproduce(
         _fail(str(err))
 
 
+@app.command()
+def analyze(
+    path: Annotated[Path, typer.Argument(help="Run directory, or a checkpoint (.safetensors) with --data or --task.")],
+    data: Annotated[Optional[Path], typer.Option(help="Inputs X (N, d_in) as a .npy file.")] = None,
+    task: Annotated[Optional[Path], typer.Option(help="Run config (YAML) whose task gives X, Y and whose train.lam gives λ.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default RUN_DIR/analysis or CHECKPOINT-analysis).")] = None,
+    threshold: Annotated[float, typer.Option(min=0, help="Rank threshold on singular values (relative for activations).")] = 0.1,
+    curvature: Annotated[bool, typer.Option(help="Also compute the top NTK and Hessian eigenvalues (Lanczos; slow for large nets).")] = False,
+) -> None:
+    """Measure a trained ensemble: layers/points/network Parquet tables and a weight-spectra figure."""
+    import numpy as np
+
+    from bnrank.atomic import write_with
+    from bnrank.config import load_run_config
+    from bnrank.errors import DataError
+    from bnrank.measure import analyze as run_analysis
+    from bnrank.plots import layer_table, network_table, plot_weight_spectra
+    from bnrank.tasks import make_task
+
+    if data is not None and task is not None:
+        _fail("pass at most one of --data and --task")
+    if path.is_file() and data is None and task is None:
+        _fail(f"{path} is a checkpoint: pass its inputs with --data X.npy or --task CONFIG")
+    out = out or (path / "analysis" if path.is_dir() else path.with_name(f"{path.stem}-analysis"))
+    try:
+        x = y = lam = None
+        if data is not None:
+            try:
+                x = np.load(data, allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise DataError(f"cannot read --data {data}: {err}") from None
+        elif task is not None:
+            cfg = load_run_config(task)
+            task_data = make_task(cfg.task)
+            x, y, lam = task_data.x_train, task_data.y_train, cfg.train.lam
+        result = run_analysis(path, x, threshold=threshold, Y=y, lam=lam, curvature=curvature)
+        result.to_parquet(out)
+        fig = plot_weight_spectra(result.layers, threshold, title=f"Weight spectra of {path.name}")
+        for fmt in ("png", "svg"):
+            write_with(out / f"weight_spectra.{fmt}", lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=150))
+    except BnrankError as err:
+        _fail(str(err))
+    console.print(layer_table(result.layers, title=f"layers of {path}"))
+    console.print(network_table(result.network, title=f"networks of {path}"))
+    console.print(f"wrote layers/points/network.parquet and weight_spectra.png/.svg to {out}", highlight=False)
+
+
+
 def main() -> None:
     try:
         app()
