@@ -1,7 +1,7 @@
 """`fit`: train an ensemble on the regularized objective, in phases, with diagnostics.
 
-The hot loop does one batched forward/backward for all members and never synchronizes on a
-member's value: a member whose objective turns non-finite is masked out on-device (its
+The hot loop does one batched forward/backward for all members (hand-written backprop,
+`bnrank.train.backprop`) and never synchronizes on a member's value: a member whose objective turns non-finite is masked out on-device (its
 parameters stay as they were at that step) while the others go on unchanged. Diagnostics are
 computed every `log_every` steps at the current parameters on the full training set.
 """
@@ -20,7 +20,7 @@ from torch import Tensor
 from bnrank.config import StopRule, TrainConfig, per_member
 from bnrank.errors import DataError
 from bnrank.models import EnsembleMLP
-from bnrank.train.objective import objective
+from bnrank.train.backprop import objective_and_grads
 from bnrank.train.optim import make_optimizer
 from bnrank.train.rebalance import balance_error, rebalance_
 from bnrank.train.schedules import lam_factor, lr_factor
@@ -103,9 +103,7 @@ def fit(
     def log(phase_idx: int, lr: Tensor, lam_t: Tensor) -> tuple[Tensor, Tensor]:
         """Record diagnostics at the current parameters; returns (objective, balance error) (E,)
         on the CPU in float64."""
-        with torch.enable_grad():
-            obj, err, norm = objective(model, x, y, lam_t)
-            grads = torch.autograd.grad(obj.sum(), params)
+        obj, err, norm, grads = objective_and_grads(model, x, y, lam_t)
         gnorm = sum(g.square().flatten(1).sum(1) for g in grads).sqrt()
         bal = balance_error(model)
         cols = {
@@ -138,8 +136,7 @@ def fit(
                     xb, yb = x[..., idx, :], y[..., idx, :]
                 else:
                     xb, yb = x, y
-                obj, _, _ = objective(model, xb, yb, lam_t)
-                grads = torch.autograd.grad(obj.sum(), params)
+                obj, _, _, grads = objective_and_grads(model, xb, yb, lam_t)
                 finite = torch.isfinite(obj)
                 diverged_at = torch.where(active & ~finite, step, diverged_at)
                 active &= finite

@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from bnrank import EnsembleMLP
+from bnrank.train.backprop import objective_and_grads
+from bnrank.train.objective import objective
+
+
+@pytest.mark.parametrize("shared_inputs", [True, False])
+@pytest.mark.parametrize("dims", [[5, 7, 7, 7, 3], [4, 2], [3, 9, 1]])
+def test_hand_written_backprop_equals_autograd(dims, shared_inputs):
+    members = 3
+    model = EnsembleMLP.init(members, dims, seeds=[1, 2, 3], dtype=torch.float64)
+    with torch.no_grad():
+        for b in model.biases:
+            b.normal_()
+    x = torch.randn(11, dims[0], dtype=torch.float64)
+    y = torch.randn(11, dims[-1], dtype=torch.float64)
+    if not shared_inputs:
+        x, y = torch.randn(members, 11, dims[0], dtype=torch.float64), torch.randn(members, 11, dims[-1], dtype=torch.float64)
+    lam = torch.tensor([0.0, 0.1, 0.7], dtype=torch.float64)
+    obj, err, norm = objective(model, x, y, lam)
+    expected = torch.autograd.grad(obj.sum(), list(model.parameters()))
+    obj2, err2, norm2, grads = objective_and_grads(model, x, y, lam)
+    for a, b in ((obj, obj2), (err, err2), (norm, norm2)):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-12, atol=1e-12)
+    assert len(grads) == len(expected)
+    for g, e in zip(grads, expected):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+def test_non_finite_member_does_not_touch_the_others():
+    model = EnsembleMLP.init(3, [4, 6, 2], seeds=[0, 1, 2], dtype=torch.float64)
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    lam = torch.full((3,), 0.1, dtype=torch.float64)
+    _, _, _, clean = objective_and_grads(model, x, y, lam)
+    with torch.no_grad():
+        model.weights[0][1, 0, 0] = float("inf")
+    obj, _, _, grads = objective_and_grads(model, x, y, lam)
+    assert not torch.isfinite(obj[1]) and torch.isfinite(obj[[0, 2]]).all()
+    for g, c in zip(grads, clean):
+        assert torch.equal(g[[0, 2]], c[[0, 2]])
