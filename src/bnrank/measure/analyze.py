@@ -82,7 +82,7 @@ def analyze(
     ``points``, one row per (member, input index `point`):
         jac_singular_values: singular values of Jf(x) (d_out × d_in), descending;
         jac_rank: # of them > jac_rtol × the largest; log_pdet = Σ_{i ≤ jac_rank} log s_i
-        (log pseudo-determinant; 0 at rank 0); schatten = L·Σ_i s_i^{2/L} (≤ ‖θ‖² always);
+        (log pseudo-determinant; 0 at rank 0); schatten = L·Σ_{i ≤ jac_rank} s_i^{2/L} (≤ ‖θ‖² always);
         ntk_trace = Σ_θ ‖∂f(x)/∂θ‖², summed over outputs; sq_error = ‖f(x) − y‖² (NaN without Y).
     ``network``, one row per member:
         depth, param_norm_sq = ‖θ‖² (weights and biases); jac_rank = max over points;
@@ -118,7 +118,7 @@ def analyze(
         rtol = default_rtol(net.dims[0], net.dims[-1], MEASURE_DTYPE) if jac_rtol is None else jac_rtol
         jrank = jacobian_rank(jspec, rtol)
         lpd = log_pdet(jspec, jrank)
-        sch = schatten(jspec, L)
+        sch = schatten(jspec, jrank, L)
         clock.lap("jacobian")
 
         trace = ntk_trace(inputs, jac.grad_sq)

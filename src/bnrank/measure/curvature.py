@@ -27,7 +27,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor
 
 LANCZOS_TOL = 1e-6
@@ -105,6 +104,8 @@ class _Linearized:
 
 def top_eigenvalue(matvec, n: int, dtype: torch.dtype, device: torch.device) -> float:
     """Largest eigenvalue of the symmetric n × n operator `matvec` (a torch (n,) → (n,) map)."""
+    from scipy.sparse.linalg import LinearOperator, eigsh  # slow to import: only when asked for
+
 
     def apply(v: np.ndarray) -> np.ndarray:
         return matvec(torch.as_tensor(v.ravel(), dtype=dtype, device=device)).cpu().numpy()

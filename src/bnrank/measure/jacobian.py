@@ -65,6 +65,11 @@ def log_pdet(spectrum: Tensor, rank: Tensor) -> Tensor:
     return torch.where(top, torch.log(spectrum), 0).sum(-1)
 
 
-def schatten(spectrum: Tensor, depth: int) -> Tensor:
-    """L·Σ_i s_i^{2/L} (a lower bound on ‖θ‖², theory.md §2): (..., m) → (...)."""
-    return depth * spectrum.pow(2.0 / depth).sum(-1)
+def schatten(spectrum: Tensor, rank: Tensor, depth: int) -> Tensor:
+    """L·Σ_{i ≤ rank} s_i^{2/L}, a lower bound on ‖θ‖² (theory.md §2): (..., m), (...) → (...).
+
+    Singular values beyond the numerical rank are read as exact zeros (at large L even a
+    round-off 1e-16 would add about L to the sum); dropping them keeps the bound valid.
+    """
+    top = torch.arange(spectrum.shape[-1], device=spectrum.device) < rank[..., None]
+    return depth * torch.where(top, spectrum.pow(2.0 / depth), 0).sum(-1)

@@ -27,8 +27,12 @@ class LinearExpansion(NamedTuple):
     r2: float
 
 
-def _matrix_spectrum(a) -> np.ndarray:
-    """Singular values (float64, descending) of a 2-d array-like or tensor; DataError otherwise."""
+def _nonzero_spectrum(a) -> tuple[np.ndarray, int]:
+    """(nonzero singular values, descending, float64; rank) of a 2-d array-like or tensor.
+
+    Singular values ≤ numpy.linalg.matrix_rank's tolerance (s_max · max(shape) · eps) are
+    round-off of exact zeros and are dropped. Anything but a finite non-empty matrix is a DataError.
+    """
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu().numpy()
     a = np.asarray(a, dtype=np.float64)
@@ -36,14 +40,20 @@ def _matrix_spectrum(a) -> np.ndarray:
         raise DataError(f"expected a non-empty matrix, got an array of shape {a.shape}")
     if not np.isfinite(a).all():
         raise DataError("matrix contains NaN or inf")
-    return np.linalg.svd(a, compute_uv=False)
+    s = np.linalg.svd(a, compute_uv=False)
+    s = s[s > s[0] * max(a.shape) * np.finfo(np.float64).eps]
+    return s, s.size
 
 
 def linear_cost(a, depth: int) -> float:
-    """R(A; L) = L·Σ_i s_i(A)^{2/L}: the least ‖θ‖² of a depth-L linear net computing A (no biases)."""
+    """R(A; L) = L·Σ_i s_i(A)^{2/L}: the least ‖θ‖² of a depth-L linear net computing A (no biases).
+
+    Sums over the nonzero singular values (see linear_expansion for the rank tolerance).
+    """
     if int(depth) != depth or depth < 1:
         raise DataError(f"depth must be a positive integer, got {depth}")
-    return float(depth * np.sum(_matrix_spectrum(a) ** (2.0 / depth)))
+    s, _ = _nonzero_spectrum(a)
+    return float(depth * np.sum(s ** (2.0 / depth)))
 
 
 def linear_expansion(a) -> LinearExpansion:
@@ -51,10 +61,9 @@ def linear_expansion(a) -> LinearExpansion:
 
     The rank uses numpy.linalg.matrix_rank's tolerance (s_max · max(shape) · eps).
     """
-    s = _matrix_spectrum(a)
-    tol = s[0] * max(np.shape(a)) * np.finfo(np.float64).eps
-    logs = np.log(s[s > tol])
-    return LinearExpansion(int(logs.size), float(2 * logs.sum()), float(2 * np.square(logs).sum()))
+    s, rank = _nonzero_spectrum(a)
+    logs = np.log(s)
+    return LinearExpansion(rank, float(2 * logs.sum()), float(2 * np.square(logs).sum()))
 
 
 FIT_COLUMNS = ["rank", "n_depths", "n_networks", "slope", "slope_stderr", "intercept", "intercept_stderr"]
