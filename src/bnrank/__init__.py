@@ -8,6 +8,8 @@ Public API:
     RunConfig, load_run_config   validated configs
     analyze(model, X)            every quantity of the theory: layers / points / network DataFrames
     linear_cost, linear_expansion, fit_depth_expansion   closed forms and the depth fit
+    run_sweep(spec, out)         a grid × seeds sweep, batched into ensembles, resumable
+    load_sweep(path)             a sweep directory's tables (runs, metrics, layers, points, network)
 """
 
 __version__ = "0.1.0"
@@ -17,6 +19,7 @@ from bnrank.errors import BnrankError, ConfigError, DataError, ModelError, Store
 from bnrank.measure import Analysis, analyze, fit_depth_expansion, linear_cost, linear_expansion
 from bnrank.models import EnsembleMLP
 from bnrank.runs import Run, load_run, train
+from bnrank.sweep import SweepResult, load_sweep, run_sweep
 from bnrank.tasks import TaskData, make_task
 from bnrank.train import fit
 
@@ -24,5 +27,5 @@ __all__ = [
     "__version__", "RunConfig", "load_run_config", "BnrankError", "ConfigError", "DataError",
     "ModelError", "StoreError", "Analysis", "analyze", "fit_depth_expansion", "linear_cost",
     "linear_expansion", "EnsembleMLP", "Run", "load_run", "train", "TaskData",
-    "make_task", "fit",
+    "make_task", "fit", "run_sweep", "load_sweep", "SweepResult",
 ]

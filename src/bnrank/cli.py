@@ -80,6 +80,32 @@ def reproduce(
 
 
 @app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML): base config, grid, seeds or trials.")],
+    out: Annotated[Optional[Path], typer.Option(help="Sweep directory (default sweeps/<spec name>); rerunning resumes it.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes; torch threads are split between them.")] = 1,
+    set_: SetOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run (or resume) a sweep: cells of one shape train as one ensemble; tables go to Parquet."""
+    from bnrank.sweep import run_sweep
+
+    out = out or Path("sweeps") / spec.stem
+    try:
+        result = run_sweep(spec, out, workers=workers, progress=False if quiet else None, overrides=set_ or [])
+    except BnrankError as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: finished groups are kept in {out}; rerun the same command to resume", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
+    runs = result.runs
+    console.print(
+        f"sweep {result.spec.name}: {len(runs)}/{len(result.cells)} cells in {out} "
+        f"({int(runs.diverged.sum()) if len(runs) else 0} diverged)", highlight=False,
+    )
+
+
+@app.command()
 def analyze(
     path: Annotated[Path, typer.Argument(help="Run directory, or a checkpoint (.safetensors) with --data or --task.")],
     data: Annotated[Optional[Path], typer.Option(help="Inputs X (N, d_in) as a .npy file.")] = None,
@@ -124,7 +150,6 @@ def analyze(
     console.print(layer_table(result.layers, title=f"layers of {path}"))
     console.print(network_table(result.network, title=f"networks of {path}"))
     console.print(f"wrote layers/points/network.parquet and weight_spectra.png/.svg to {out}", highlight=False)
-
 
 
 def main() -> None:

@@ -21,7 +21,9 @@ runs      one row per network: every grid key (dotted column names), seed, depth
           by all its members.
 metrics   one row per logged step and network (bnrank.train.METRIC_COLUMNS).
 layers, points, network
-          bnrank.analyze on at most `analyze_points` training inputs (when the spec's `analyze`).
+          bnrank.analyze (bnrank.measure.analyze documents the columns) on the first
+          `analyze_points` training inputs of the cell's task, with its λ, when the spec's
+          `analyze`; ntk_top and hessian_top only with `analyze_curvature`, else NaN.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def run_sweep(
     with store.writing(spec, resume=resume):
         done = store.done_cells()
         todo = [c for c in cells if c.cell_id not in done]
-        groups = group_cells(todo, spec.max_members, spec.analyze_points if spec.analyze else 0)
+        groups = group_cells(todo, spec.max_members, spec.analyze_points if spec.analyze else 0, spec.analyze_curvature)
         try:
             with _progress(show) as bar, contextlib.closing(executor.map(groups)) as results:
                 task = bar.add_task(f"sweep {spec.name}", total=len(cells), completed=len(cells) - len(todo), info=f"0/{len(groups)} groups")

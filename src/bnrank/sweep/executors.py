@@ -6,9 +6,11 @@ caller, which alone writes the sweep directory, so workers never touch the store
 left running after its parent died cannot write a stale part.
 
 `LocalExecutor(workers=1)` runs the groups in this process with torch's current thread count.
-`LocalExecutor(workers=N)` runs them in N spawned processes (spawn: no forked torch thread pools),
-each with ``max(1, cores // N)`` torch threads, so the processes share the machine's cores
-rather than oversubscribe them. As with any spawned pool, a script that calls it must guard its
+`LocalExecutor(workers=N)` runs them in a pool of N processes, each with ``max(1, cores // N)``
+torch threads, so the processes share the machine's cores rather than oversubscribe them. The
+processes come from a forkserver that has imported bnrank once (spawn where there is none): never
+a fork of a parent whose torch thread pools are running, and only one torch import per session
+rather than one per worker. As with any non-fork pool, a script that calls it must guard its
 entry point with ``if __name__ == "__main__":``. Workers ignore SIGINT: on Ctrl-C the parent
 stops waiting, terminates them and lets the interrupt propagate (groups in flight are lost).
 """
@@ -30,6 +32,14 @@ from bnrank.sweep.work import GroupResult, run_group
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def _init_worker(threads: int) -> None:
@@ -54,7 +64,7 @@ class LocalExecutor:
             return
         threads = max(1, available_cores() // workers)
         pool = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+            workers, mp_context=_context(), initializer=_init_worker, initargs=(threads,)
         )
         finished = False
         try:

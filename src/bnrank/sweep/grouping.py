@@ -39,12 +39,13 @@ class Group:
     """Cells trained together as one ensemble; member e is ``cells[e]``.
 
     `analyze_points` > 0 asks the unit of work to also run bnrank.analyze on at most that many
-    training inputs; 0 skips it.
+    training inputs (with its curvature measurements when `analyze_curvature`); 0 skips it.
     """
 
     group_id: str
     cells: tuple[Cell, ...]
     analyze_points: int = 0
+    analyze_curvature: bool = False
 
     @property
     def members(self) -> int:
@@ -68,7 +69,8 @@ def shape_key(cell: Cell) -> str:
     data = copy.deepcopy(cell.config.model_dump(mode="json"))
     if not _stochastic(cell):
         del data["seed"]
-    del data["model"]["init_scale"], data["train"]["lam"], data["task"]["seed"]
+    del data["model"]["init_scale"], data["train"]["lam"]
+    data["task"].pop("seed", None)
     for phase in data["train"]["phases"]:
         del phase["lr"]
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
@@ -79,10 +81,11 @@ def group_id(cells: list[Cell]) -> str:
     return hashlib.sha256(",".join(c.cell_id for c in cells).encode()).hexdigest()[:12]
 
 
-def group_cells(cells: list[Cell], max_members: int, analyze_points: int = 0) -> list[Group]:
+def group_cells(cells: list[Cell], max_members: int, analyze_points: int = 0, analyze_curvature: bool = False) -> list[Group]:
     """Partition `cells` into groups of one shape and at most `max_members` members.
 
-    Shape classes come in order of their first cell, members in the order of `cells`.
+    Shape classes come in order of their first cell, members in the order of `cells`; the
+    analyze options are passed to every group.
     """
     classes: dict[str, list[Cell]] = {}
     for cell in cells:
@@ -95,5 +98,5 @@ def group_cells(cells: list[Cell], max_members: int, analyze_points: int = 0) ->
         for k in range(chunks):
             chunk = members[start : start + size + (k < extra)]
             start += len(chunk)
-            groups.append(Group(group_id(chunk), tuple(chunk), analyze_points))
+            groups.append(Group(group_id(chunk), tuple(chunk), analyze_points, analyze_curvature))
     return groups

@@ -14,6 +14,7 @@ A spec is YAML (or a dict); unknown keys are errors:
     max_members: 16             # at most this many cells train together as one ensemble
     analyze: true               # also measure each network with bnrank.analyze
     analyze_points: 64          # ... on at most this many training inputs
+    analyze_curvature: true     # ... including the top NTK / Hessian eigenvalues (the slow part)
 
 A **cell** is one network: the base with one grid combination and one seed applied, validated as
 a single-member RunConfig. Its ``cell_id`` is a hash of that resolved config (every default
@@ -59,6 +60,7 @@ class SweepSpec(StrictModel):
     max_members: int = Field(16, gt=0)
     analyze: bool = True
     analyze_points: int = Field(64, gt=0)
+    analyze_curvature: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":

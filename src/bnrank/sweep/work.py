@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from bnrank.measure import analyze
 from bnrank.models import EnsembleMLP
 from bnrank.runs import DTYPES, resolve_device
 from bnrank.sweep.grouping import Group
@@ -127,23 +128,27 @@ def _scalar(value):
 
 
 def _label(df: pd.DataFrame, group: Group) -> None:
-    """Put ``cell_id`` and ``group_id`` (from the group-member index) first, in place."""
+    """Make ``cell_id``, ``group_id``, ``member`` the first columns, in place."""
     ids = [c.cell_id for c in group.cells]
+    member = df.pop("member")
+    df.insert(0, "member", member)
     df.insert(0, "group_id", group.group_id)
-    df.insert(0, "cell_id", [ids[m] for m in df["member"]])
+    df.insert(0, "cell_id", [ids[m] for m in member])
 
 
 def analyze_group(model: EnsembleMLP, tasks: list[TaskData], by_task: dict[str, list[int]], group: Group) -> dict[str, pd.DataFrame]:
-    """bnrank.analyze on at most `group.analyze_points` training inputs, once per distinct task
-    (members sharing it); `member` is mapped back to the group's member index."""
-    from bnrank.measure import analyze
-
+    """bnrank.analyze on at most `group.analyze_points` training inputs (with λ, so the objective
+    and its Hessian are the trained ones), once per distinct task and the members sharing it;
+    `member` is mapped back to the group's member index."""
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in ANALYZE_TABLES}
     n = group.analyze_points
     for members in by_task.values():
         task = tasks[members[0]]
         lam = [group.cells[e].config.train.lam for e in members]
-        result = analyze(model.select(members), task.x_train[:n], threshold=RANK_THRESHOLD, Y=task.y_train[:n], lam=lam)
+        result = analyze(
+            model.select(members), task.x_train[:n], threshold=RANK_THRESHOLD, Y=task.y_train[:n], lam=lam,
+            curvature=group.analyze_curvature,
+        )
         for name in ANALYZE_TABLES:
             df = getattr(result, name).copy()
             df["member"] = [members[m] for m in df["member"]]
