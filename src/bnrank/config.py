@@ -125,6 +125,14 @@ class Phase(StrictModel):
     after `warmup_steps` of linear warm-up. `lam_factor_start` anneals the regularization: λ is
     multiplied by a factor going geometrically from lam_factor_start to 1 over the first
     `lam_anneal_fraction` of the phase (1 = constant λ).
+
+    Curvature-scaled steps (gd/sgd only), resolved once at the start of the phase by
+    `bnrank.train.schedules.resolve_phase`: `lr_sharpness: c` sets each member's peak lr to
+    c / h_max, h_max = top Hessian eigenvalue of its objective there (power iteration,
+    `sharpness_iters` Hessian-vector products); heavy-ball GD is stable for lr·h_max < 2(1 + μ),
+    so c = 1 leaves a margin of about 4 at high momentum. `momentum: auto` picks the critically
+    damped μ = (1 − √(2λ·lr))² for the slowest curvature 2λ of the penalty (the member with the
+    smallest λ·lr decides), clipped to [0.9, 0.9995].
     """
 
     optimizer: Literal["adam", "gd", "sgd"] = "adam"
@@ -133,12 +141,14 @@ class Phase(StrictModel):
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     final_lr_factor: float = Field(0.0, ge=0, le=1)
     warmup_steps: int = Field(0, ge=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
+    momentum: Union[Annotated[float, Field(ge=0, lt=1)], Literal["auto"]] = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     batch_size: int | None = Field(None, gt=0)
     lam_factor_start: PositiveFloat = 1.0
     lam_anneal_fraction: float = Field(1.0, gt=0, le=1)
+    lr_sharpness: PositiveFloat | None = None
+    sharpness_iters: int = Field(20, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> "Phase":
@@ -148,6 +158,10 @@ class Phase(StrictModel):
             raise ValueError("optimizer 'gd' is full batch: drop batch_size or use 'sgd'")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError("betas must lie in [0, 1)")
+        if self.optimizer == "adam" and (self.lr_sharpness is not None or self.momentum == "auto"):
+            raise ValueError("lr_sharpness and momentum 'auto' are for optimizer 'gd' or 'sgd'")
+        if self.lr_sharpness is not None and "lr" in self.model_fields_set:
+            raise ValueError("set either lr or lr_sharpness (lr = lr_sharpness / top Hessian eigenvalue)")
         return self
 
 

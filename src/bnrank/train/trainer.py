@@ -23,7 +23,7 @@ from bnrank.models import EnsembleMLP
 from bnrank.train.backprop import objective_and_grads
 from bnrank.train.optim import make_optimizer
 from bnrank.train.rebalance import balance_error, rebalance_
-from bnrank.train.schedules import lam_factor, lr_factor
+from bnrank.train.schedules import lam_factor, lr_factor, resolve_phase
 
 METRIC_COLUMNS = [
     "step", "phase", "member", "objective", "mse", "param_norm_sq", "grad_norm",
@@ -118,6 +118,7 @@ def fit(
     with _progress(show) as bar:
         task = bar.add_task("training", total=total_steps, info="")
         for phase_idx, phase in enumerate(config.phases):
+            phase = resolve_phase(phase, model, x, y, lam_base)  # curvature-scaled lr/momentum (schedules.py)
             opt = make_optimizer(phase, params)
             lr_base = as_vec(per_member(phase.lr, E))
             batch = phase.batch_size
