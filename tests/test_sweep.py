@@ -165,6 +165,11 @@ def test_two_workers_give_the_same_runs_table_as_one(tmp_path):
     pd.testing.assert_frame_equal(one.runs.drop(columns=TIMING), two.runs.drop(columns=TIMING))
 
 
+def test_threads_apply_in_process_and_the_callers_setting_is_restored(tmp_path):
+    result = run_sweep(spec(grid={}, trials=1), tmp_path / "sw", threads=2, progress=False)
+    assert list(result.runs.threads) == [2] and torch.get_num_threads() == 1  # conftest's setting
+
+
 def test_a_directory_holding_another_sweep_is_refused(tmp_path):
     out = tmp_path / "sw"
     run_sweep(spec(grid={"model.depth": [2], "train.lam": [0.01]}), out, progress=False)

@@ -1,5 +1,7 @@
 """Sweep specs: grid expansion, content-keyed cell ids, early errors, grouping into ensembles."""
 
+from pathlib import Path
+
 import pytest
 
 from bnrank.errors import ConfigError
@@ -23,6 +25,7 @@ def test_expansion_counts_order_and_values():
         {"model.depth": 2, "train.lam": 0.01, "seed": 1},
         {"model.depth": 2, "train.lam": 0.001, "seed": 0},
     ]
+    assert isinstance(expand(load_spec(spec(grid={"train.lam": [1]})))[0].values["train.lam"], float)  # as validated
     last = cells[-1].config
     assert (last.model.depth, last.train.lam, last.seed, last.members) == (3, 0.1, 1, 1)
     assert len({c.cell_id for c in cells}) == 12
@@ -106,3 +109,9 @@ def test_minibatch_cells_group_only_with_their_own_seed():
     groups = group_cells(cells, max_members=64)
     assert [sorted(c.config.seed for c in g.cells) for g in groups] == [[0, 0], [1, 1]]
     assert shape_key(cells[0]) != shape_key(cells[1])
+
+
+def test_the_shipped_tiny_example_is_eight_cells_in_two_ensembles():
+    example = load_spec(Path(__file__).parents[1] / "examples" / "sweep-tiny.yaml")
+    groups = group_cells(expand(example), example.max_members)
+    assert [g.members for g in groups] == [4, 4]

@@ -84,6 +84,7 @@ def sweep(
     spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML): base config, grid, seeds or trials.")],
     out: Annotated[Optional[Path], typer.Option(help="Sweep directory (default sweeps/<spec name>); rerunning resumes it.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes; torch threads are split between them.")] = 1,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker (default: cores / workers).")] = None,
     set_: SetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -92,7 +93,7 @@ def sweep(
 
     out = out or Path("sweeps") / spec.stem
     try:
-        result = run_sweep(spec, out, workers=workers, progress=False if quiet else None, overrides=set_ or [])
+        result = run_sweep(spec, out, workers=workers, threads=threads, progress=False if quiet else None, overrides=set_ or [])
     except BnrankError as err:
         _fail(str(err))
     except KeyboardInterrupt:

@@ -99,6 +99,7 @@ def run_sweep(
     spec: SweepSpec | dict | str | Path,
     out: str | Path,
     workers: int = 1,
+    threads: int | None = None,
     resume: bool = True,
     progress: bool | None = None,
     overrides: list[str] = (),
@@ -107,7 +108,9 @@ def run_sweep(
     """Run (or resume) the sweep `spec` (a SweepSpec, dict or YAML path) into directory `out`.
 
     Cells `out` already holds are skipped; the rest are grouped, trained with `executor`
-    (default ``LocalExecutor(workers)``; any object with ``map(groups) -> Iterator[GroupResult]``)
+    (default ``LocalExecutor(workers, threads)``: `workers` local processes with `threads` torch
+    threads each, by default all cores split between the workers, or torch's current setting
+    in-process; any object with ``map(groups) -> Iterator[GroupResult]`` will do)
     and each finished group is written at once. On an error or Ctrl-C the finished groups are
     kept and consolidated, then the exception propagates; rerunning resumes. `overrides` are
     ``key=value`` strings (see `load_spec`). `progress=None` shows a bar when stderr is a
@@ -117,7 +120,7 @@ def run_sweep(
     spec = load_spec(spec, list(overrides))
     cells = expand(spec)
     order = {c.cell_id: c.index for c in cells}
-    executor = executor or LocalExecutor(workers)
+    executor = executor or LocalExecutor(workers, threads)
     store = SweepStore(out)
     show = sys.stderr.isatty() if progress is None else progress
     with store.writing(spec, resume=resume):

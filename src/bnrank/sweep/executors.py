@@ -7,7 +7,10 @@ left running after its parent died cannot write a stale part.
 
 `LocalExecutor(workers=1)` runs the groups in this process with torch's current thread count.
 `LocalExecutor(workers=N)` runs them in a pool of N processes, each with ``max(1, cores // N)``
-torch threads, so the processes share the machine's cores rather than oversubscribe them. The
+torch threads, so the processes share the machine's cores rather than oversubscribe them.
+`threads` overrides the count in either case (in-process, torch's setting is restored after):
+small networks often run fastest on one thread, and on a machine whose cores are already busy
+more threads than free cores can be many times slower. The
 processes come from a forkserver that has imported bnrank once (spawn where there is none): never
 a fork of a parent whose torch thread pools are running, and only one torch import per session
 rather than one per worker. As with any non-fork pool, a script that calls it must guard its
@@ -50,19 +53,25 @@ def _init_worker(threads: int) -> None:
 class LocalExecutor:
     """Run groups in this process (`workers` = 1) or a pool of `workers` local processes."""
 
-    def __init__(self, workers: int = 1):
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+    def __init__(self, workers: int = 1, threads: int | None = None):
+        if workers < 1 or (threads is not None and threads < 1):
+            raise ValueError(f"workers and threads must be >= 1, got {workers} and {threads}")
         self.workers = workers
+        self.threads = threads
 
     def map(self, groups: Sequence[Group]) -> Iterator[GroupResult]:
         """Yield one GroupResult per group, in completion order."""
         workers = min(self.workers, len(groups))
         if workers <= 1:
-            for group in groups:
-                yield run_group(group)
+            previous = torch.get_num_threads()
+            torch.set_num_threads(self.threads or previous)
+            try:
+                for group in groups:
+                    yield run_group(group)
+            finally:
+                torch.set_num_threads(previous)
             return
-        threads = max(1, available_cores() // workers)
+        threads = self.threads or max(1, available_cores() // workers)
         pool = ProcessPoolExecutor(
             workers, mp_context=_context(), initializer=_init_worker, initargs=(threads,)
         )

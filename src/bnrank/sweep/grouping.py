@@ -30,7 +30,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from bnrank.config import TrainConfig
+from bnrank.config import TrainConfig, per_member
 from bnrank.sweep.spec import Cell
 
 
@@ -54,9 +54,9 @@ class Group:
     def train_config(self) -> TrainConfig:
         """The first cell's TrainConfig with λ and every phase's lr as per-member lists."""
         data = self.cells[0].config.train.model_dump(mode="json")
-        data["lam"] = [c.config.train.lam for c in self.cells]
+        data["lam"] = [per_member(c.config.train.lam, 1)[0] for c in self.cells]
         for i, phase in enumerate(data["phases"]):
-            phase["lr"] = [c.config.train.phases[i].lr for c in self.cells]
+            phase["lr"] = [per_member(c.config.train.phases[i].lr, 1)[0] for c in self.cells]
         return TrainConfig.model_validate(data)
 
 

@@ -89,8 +89,9 @@ class SweepSpec(StrictModel):
 @dataclass(frozen=True)
 class Cell:
     """One network of a sweep: `config` is a resolved single-member RunConfig; `values` maps each
-    grid key (dotted) to this cell's value, plus ``seed``; `index` is its position in the spec's
-    expansion (grid in spec order, seeds innermost)."""
+    grid key (dotted) to this cell's value as validated (``1`` for a float field reads ``1.0``),
+    plus ``seed``; `index` is its position in the spec's expansion (grid in spec order, seeds
+    innermost)."""
 
     cell_id: str
     index: int
@@ -124,6 +125,13 @@ def assign(data: dict, key: str, value: Any, what: str = "grid key") -> None:
             node[part] = copy.deepcopy(value)
         else:
             node = node[part]
+
+
+def lookup(data: Any, key: str) -> Any:
+    """The value at dotted `key` of nested dicts and lists (a key known to exist)."""
+    for part in key.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
 
 
 def load_spec(spec: "SweepSpec | dict | str | Path", overrides: list[str] = ()) -> SweepSpec:
@@ -202,9 +210,10 @@ def expand(spec: SweepSpec) -> list[Cell]:
             for key, value in zip(keys, combo):
                 assign(data, key, value)
             data["seed"] = seed
-            values = dict(zip(keys, combo)) | {"seed": seed}
-            label = ", ".join(f"{k}={v!r}" for k, v in values.items())
+            label = ", ".join(f"{k}={v!r}" for k, v in [*zip(keys, combo), ("seed", seed)])
             config = validate(RunConfig, data, source=f"cell {label}")
+            resolved = config.model_dump(mode="json")
+            values = {key: lookup(resolved, key) for key in keys} | {"seed": seed}
             cid = cell_id(config)
             if cid in seen:
                 raise ConfigError(f"cells {seen[cid]} and {values} resolve to the same config (repeated grid values?)")

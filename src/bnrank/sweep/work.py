@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from bnrank.config import per_member
 from bnrank.measure import analyze
 from bnrank.models import EnsembleMLP
 from bnrank.runs import DTYPES, resolve_device
@@ -79,7 +80,7 @@ def run_group(group: Group) -> GroupResult:
     dims = [tasks[0].d_in] + [first.model.width] * (first.model.depth - 1) + [tasks[0].d_out]
     model = EnsembleMLP.init(
         group.members, dims, seeds=[c.config.seed for c in group.cells],
-        init_scale=[c.config.model.init_scale for c in group.cells], dtype=dtype, device=device,
+        init_scale=[per_member(c.config.model.init_scale, 1)[0] for c in group.cells], dtype=dtype, device=device,
     )
     x = _stack([t.x_train for t in tasks], shared)
     y = _stack([t.y_train for t in tasks], shared)
@@ -109,8 +110,8 @@ def _runs_rows(group: Group, tasks: list[TaskData], result, test_mse: list[float
         cfg, final = cell.config, last.loc[e]
         rows.append({
             "member": e, **{k: _scalar(v) for k, v in cell.values.items()},
-            "seed": cfg.seed, "depth": cfg.model.depth, "width": cfg.model.width, "lam": cfg.train.lam,
-            "init_scale": cfg.model.init_scale, "lr": cfg.train.phases[0].lr, "task": cfg.task.kind,
+            "seed": cfg.seed, "depth": cfg.model.depth, "width": cfg.model.width, "lam": per_member(cfg.train.lam, 1)[0],
+            "init_scale": per_member(cfg.model.init_scale, 1)[0], "lr": per_member(cfg.train.phases[0].lr, 1)[0], "task": cfg.task.kind,
             "task_seed": cfg.task.seed, "n_train": cfg.task.n_train, "d_in": task.d_in, "d_out": task.d_out,
             "true_rank": task.metadata.get("true_rank"),
             "objective": final.objective, "mse": final.mse, "test_mse": test_mse[e],
@@ -144,7 +145,7 @@ def analyze_group(model: EnsembleMLP, tasks: list[TaskData], by_task: dict[str, 
     n = group.analyze_points
     for members in by_task.values():
         task = tasks[members[0]]
-        lam = [group.cells[e].config.train.lam for e in members]
+        lam = [per_member(group.cells[e].config.train.lam, 1)[0] for e in members]
         result = analyze(
             model.select(members), task.x_train[:n], threshold=RANK_THRESHOLD, Y=task.y_train[:n], lam=lam,
             curvature=group.analyze_curvature,
