@@ -6,7 +6,7 @@ import pytest
 
 from bnrank.errors import ConfigError
 from bnrank.sweep import expand, group_cells, load_spec
-from bnrank.sweep.grouping import shape_key
+from bnrank.sweep.grouping import coupling, shape_key
 from conftest import tiny_config
 
 
@@ -115,3 +115,16 @@ def test_the_shipped_tiny_example_is_eight_cells_in_two_ensembles():
     example = load_spec(Path(__file__).parents[1] / "examples" / "sweep-tiny.yaml")
     groups = group_cells(expand(example), example.max_members)
     assert [g.members for g in groups] == [4, 4]
+
+
+def test_cells_whose_settings_couple_members_train_alone_unless_batch_coupled():
+    base = spec()["base"]
+    base["train"]["stop"] = {"window": 10}
+    cells = expand(load_spec(spec(base=base)))
+    assert coupling(cells[0]) == ["train.stop"]
+    assert [g.members for g in group_cells(cells, max_members=64)] == [1] * 12
+    assert [g.members for g in group_cells(cells, max_members=64, batch_coupled=True)] == [6, 6]
+    assert not coupling(expand(load_spec(spec()))[0])
+    base = spec()["base"]
+    base["train"]["phases"].append({"optimizer": "gd", "momentum": "auto", "lr": 0.01, "steps": 5})
+    assert coupling(expand(load_spec(spec(base=base)))[0]) == ["train.phases.1.momentum"]

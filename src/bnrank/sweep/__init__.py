@@ -126,7 +126,8 @@ def run_sweep(
     with store.writing(spec, resume=resume):
         done = store.done_cells()
         todo = [c for c in cells if c.cell_id not in done]
-        groups = group_cells(todo, spec.max_members, spec.analyze_points if spec.analyze else 0, spec.analyze_curvature)
+        analyze_points = spec.analyze_points if spec.analyze else 0
+        groups = group_cells(todo, spec.max_members, analyze_points, spec.analyze_curvature, spec.batch_coupled)
         try:
             with _progress(show) as bar, contextlib.closing(executor.map(groups)) as results:
                 task = bar.add_task(f"sweep {spec.name}", total=len(cells), completed=len(cells) - len(todo), info=f"0/{len(groups)} groups")

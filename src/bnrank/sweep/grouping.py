@@ -15,8 +15,15 @@ for the whole ensemble from its `seed` argument, while a cell trained alone draw
 seed; such cells are grouped only with cells of the same seed, so each member still sees exactly
 the batches it would see alone.
 
-Known difference from training alone: with a stop rule (``train.stop``), `fit` stops a group
-when all its live members have converged, so a member may train past its own stopping point.
+So a member's training is exactly its cell's training alone, whatever cells it is batched
+with: a cell's results depend on its config only, which is what makes resuming (where the
+remaining cells are regrouped) and rerunning exact. Three trainer settings currently couple the
+members of an ensemble, and a cell using one of them trains in a group of its own unless the spec
+sets ``batch_coupled: true`` (faster; its results then depend on its group mates):
+
+    train.stop                `fit` stops a group only when all its live members have converged
+    phases.N.momentum: auto   one μ for the ensemble, set by the member with the smallest λ·lr
+    phases.N.lr_sharpness     power iteration from one random start drawn for the whole ensemble
 
 A shape class larger than `max_members` is split into near-equal chunks (10 cells with
 max_members 8 → 5 + 5), so the slowest group is as short as it can be.
@@ -64,8 +71,21 @@ def _stochastic(cell: Cell) -> bool:
     return any(p.batch_size is not None for p in cell.config.train.phases)
 
 
-def shape_key(cell: Cell) -> str:
-    """Canonical JSON of the cell's config without its per-member fields (see module doc)."""
+def coupling(cell: Cell) -> list[str]:
+    """The settings of the cell's config that couple ensemble members (see module doc)."""
+    train = cell.config.train
+    found = ["train.stop"] if train.stop is not None else []
+    for i, phase in enumerate(train.phases):
+        found += [f"train.phases.{i}.momentum"] if phase.momentum == "auto" else []
+        found += [f"train.phases.{i}.lr_sharpness"] if phase.lr_sharpness is not None else []
+    return found
+
+
+def shape_key(cell: Cell, batch_coupled: bool = False) -> str:
+    """Canonical JSON of the cell's config without its per-member fields (see module doc); the
+    cell's own id when it must train alone (coupled settings, not `batch_coupled`)."""
+    if coupling(cell) and not batch_coupled:
+        return cell.cell_id
     data = copy.deepcopy(cell.config.model_dump(mode="json"))
     if not _stochastic(cell):
         del data["seed"]
@@ -81,7 +101,10 @@ def group_id(cells: list[Cell]) -> str:
     return hashlib.sha256(",".join(c.cell_id for c in cells).encode()).hexdigest()[:12]
 
 
-def group_cells(cells: list[Cell], max_members: int, analyze_points: int = 0, analyze_curvature: bool = False) -> list[Group]:
+def group_cells(
+    cells: list[Cell], max_members: int, analyze_points: int = 0, analyze_curvature: bool = False,
+    batch_coupled: bool = False,
+) -> list[Group]:
     """Partition `cells` into groups of one shape and at most `max_members` members.
 
     Shape classes come in order of their first cell, members in the order of `cells`; the
@@ -89,7 +112,7 @@ def group_cells(cells: list[Cell], max_members: int, analyze_points: int = 0, an
     """
     classes: dict[str, list[Cell]] = {}
     for cell in cells:
-        classes.setdefault(shape_key(cell), []).append(cell)
+        classes.setdefault(shape_key(cell, batch_coupled), []).append(cell)
     groups = []
     for members in classes.values():
         chunks = math.ceil(len(members) / max_members)

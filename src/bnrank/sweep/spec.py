@@ -12,6 +12,7 @@ A spec is YAML (or a dict); unknown keys are errors:
       train.lam: [0.001, 0.01]
     trials: 4                   # seeds base.seed + 0..3 (or `seeds: [0, 7, 9]`)
     max_members: 16             # at most this many cells train together as one ensemble
+    batch_coupled: false        # batch cells whose trainer settings couple members (grouping.py)
     analyze: true               # also measure each network with bnrank.analyze
     analyze_points: 64          # ... on at most this many training inputs
     analyze_curvature: true     # ... including the top NTK / Hessian eigenvalues (the slow part)
@@ -58,6 +59,7 @@ class SweepSpec(StrictModel):
     seeds: list[int] | None = None
     trials: int | None = Field(None, gt=0)
     max_members: int = Field(16, gt=0)
+    batch_coupled: bool = False
     analyze: bool = True
     analyze_points: int = Field(64, gt=0)
     analyze_curvature: bool = True
@@ -81,9 +83,9 @@ class SweepSpec(StrictModel):
         return [base_seed + i for i in range(self.trials or 1)]
 
     def identity(self) -> dict[str, Any]:
-        """What determines the sweep's results: the spec without execution-only fields
-        (`max_members` only changes how cells are batched, not what each cell computes)."""
-        return self.model_dump(mode="json", exclude={"max_members"})
+        """What determines the sweep's results: the spec without `max_members`, which only
+        changes how cells are batched, not what each computes (unless `batch_coupled`)."""
+        return self.model_dump(mode="json", exclude=set() if self.batch_coupled else {"max_members"})
 
 
 @dataclass(frozen=True)
