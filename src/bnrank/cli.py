@@ -82,10 +82,10 @@ def reproduce(
 @app.command()
 def sweep(
     spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML): base config, grid, seeds or trials.")],
-    out: Annotated[Optional[Path], typer.Option(help="Sweep directory (default sweeps/<spec name>); rerunning resumes it.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Sweep directory (default sweeps/<spec file name>); rerunning resumes it.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes; torch threads are split between them.")] = 1,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker (default: cores / workers).")] = None,
-    set_: SetOption = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a spec field (trials=4), a grid entry (grid.model.depth=[4,8]) or a base config key (train.lam=0.01); repeatable.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run (or resume) a sweep: cells of one shape train as one ensemble; tables go to Parquet."""

@@ -45,7 +45,7 @@ from pydantic import Field, model_validator
 from bnrank.config import RunConfig, StrictModel, read_yaml, validate
 from bnrank.errors import ConfigError
 
-#: Keys a cell sets itself; a spec may not put them in the grid or in the base.
+#: Keys a cell sets itself (from the spec's seeds or trials); they are not grid keys.
 RESERVED_KEYS = ("seed", "seeds", "members")
 
 

@@ -56,14 +56,14 @@ def middle_rank(model: EnsembleMLP, threshold: float = RANK_THRESHOLD) -> list[i
 
 def _cell_tasks(group: Group) -> tuple[list[TaskData], dict[str, list[int]]]:
     """Each member's task (built once per distinct task config) and the members of each task."""
+    keys = [json.dumps(c.config.task.model_dump(mode="json"), sort_keys=True) for c in group.cells]
     built: dict[str, TaskData] = {}
     members: dict[str, list[int]] = {}
-    for e, cell in enumerate(group.cells):
-        key = json.dumps(cell.config.task.model_dump(mode="json"), sort_keys=True)
+    for e, (cell, key) in enumerate(zip(group.cells, keys)):
         if key not in built:
             built[key] = make_task(cell.config.task)
         members.setdefault(key, []).append(e)
-    return [built[json.dumps(c.config.task.model_dump(mode="json"), sort_keys=True)] for c in group.cells], members
+    return [built[key] for key in keys], members
 
 
 def _stack(tensors: list[torch.Tensor], shared: bool) -> torch.Tensor:
