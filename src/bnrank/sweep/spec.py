@@ -136,7 +136,7 @@ def lookup(data: Any, key: str) -> Any:
     return data
 
 
-def load_spec(spec: "SweepSpec | dict | str | Path", overrides: list[str] = ()) -> SweepSpec:
+def load_spec(spec: SweepSpec | dict | str | Path, overrides: list[str] = ()) -> SweepSpec:
     """Validate a spec given as a SweepSpec, a dict or a YAML path, applying ``--set`` pairs.
 
     An override ``key=value`` (value parsed as YAML) sets a spec field when `key` is one
