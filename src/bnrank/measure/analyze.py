@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def analyze(
     curvature: also compute ntk_top and hessian_top (two Lanczos runs per member, 10 to 20
     network-sized products each: the slow part, off by default).
 
-    Everything is computed in float64 on a copy of the parameters, on the model's device.
+    Everything is computed in float64 on a copy of the parameters, on the model's device; the
+    SVDs of small matrices run on one CPU thread, the batched products on torch's thread count.
 
     ``layers``, one row per (member, layer ℓ = 1..L):
         member, layer, fan_in, fan_out; frob_sq = ‖W_ℓ‖_F²; bias_sq = ‖b_ℓ‖²;
@@ -104,17 +106,21 @@ def analyze(
         inputs = layer_inputs(x, preacts)
         clock.lap("forward")
 
-        wspec = weight_spectra(W)
+        with _one_thread():
+            wspec = weight_spectra(W)
         clock.lap("weights")
 
-        aspec = spectra(post_activations(preacts))
+        with _one_thread():
+            aspec = spectra(post_activations(preacts))
+            pspec = spectra(preacts)
         act_rank = torch.stack([relative_rank(s, threshold) for s in aspec], 1)
-        preact_rank = torch.stack([relative_rank(s, threshold) for s in spectra(preacts)], 1)
+        preact_rank = torch.stack([relative_rank(s, threshold) for s in pspec], 1)
         impact = nonlinearity_impact(preacts)
         clock.lap("activations")
 
         jac = input_jacobians(W, preacts)
-        jspec = jacobian_spectra(jac.jac)
+        with _one_thread():
+            jspec = jacobian_spectra(jac.jac)
         rtol = default_rtol(net.dims[0], net.dims[-1], MEASURE_DTYPE) if jac_rtol is None else jac_rtol
         jrank = jacobian_rank(jspec, rtol)
         lpd = log_pdet(jspec, jrank)
@@ -185,6 +191,18 @@ def analyze(
         })
         clock.lap("assemble")
     return Analysis(layers, points, network, clock.laps)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run LAPACK on small matrices single-threaded (threading them gains little, and on a
+    shared CPU it is many times slower); the thread count is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _Clock:

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-LANCZOS_TOL = 1e-6
-"""Relative accuracy asked of eigsh for ntk_top and hessian_top."""
+LANCZOS_TOL = 1e-4
+"""eigsh's relative residual tolerance for ntk_top and hessian_top. The error of a Ritz value is at
+most the residual and typically its square over the spectral gap (≈ 1e-8 relative or better)."""
 LANCZOS_NCV = 8
-"""Lanczos vectors kept by eigsh: about 10 to 20 products per top eigenvalue on trained and random nets."""
+"""Lanczos vectors kept by eigsh (about 13 products per top eigenvalue on a depth-25 net)."""
 
 
 def ntk_trace(inputs: Sequence[Tensor], grad_sq: Tensor) -> Tensor:

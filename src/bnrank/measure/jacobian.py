@@ -36,7 +36,7 @@ def input_jacobians(weights: Sequence[Tensor], preacts: Sequence[Tensor]) -> Inp
         return InputJacobians(weights[0][:, None].expand(E, N, *weights[0].shape[1:]), grad_sq)
     g = weights[-1][:, None] * (preacts[-2] > 0)[:, :, None, :]  # G_{L-1}: (E, N, d_out, d_{L-1})
     for layer in range(depth - 1, 0, -1):  # g = G_layer (1-based layer index)
-        grad_sq[:, :, layer - 1] = g.square().sum((2, 3))
+        grad_sq[:, :, layer - 1] = torch.linalg.vector_norm(g, dim=(2, 3)).square()
         w = weights[layer - 1]
         g = torch.bmm(g.reshape(E, N * d_out, -1), w).view(E, N, d_out, w.shape[2])
         if layer > 1:
