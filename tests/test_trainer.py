@@ -112,3 +112,23 @@ def test_non_finite_data_is_rejected():
         fit(model, x, y, _train_cfg(), progress=False)
     with pytest.raises(DataError, match="targets"):
         fit(model, _data()[0], torch.randn(20, 3), _train_cfg(), progress=False)
+
+
+def test_stop_rule_freezes_each_member_as_if_trained_alone():
+    x, y = _data()
+    stop = {"window": 20, "rel_tol": 5e-3, "balance_tol": 0.3}  # member 0 meets it, member 1 stays unbalanced
+    cfg = lambda lrs: TrainConfig(lam=0.05, log_every=10, stop=stop, phases=[{"optimizer": "gd", "steps": 400, "lr": lrs}])  # noqa: E731
+    group = EnsembleMLP.init(2, DIMS, seeds=[0, 1], dtype=torch.float64)
+    res = fit(group, x, y, cfg([0.2, 0.01]), progress=False)
+    assert res.converged[0] and res.stopped_step[0] < res.stopped_step[1]
+    final = res.metrics[res.metrics.step == res.steps]
+    frozen = res.metrics[(res.metrics.member == 0) & (res.metrics.step >= res.stopped_step[0])]
+    assert frozen.objective.nunique() == 1 and frozen.converged.all()
+    for e, lr in enumerate([0.2, 0.01]):
+        alone = EnsembleMLP.init(1, DIMS, seeds=[e], dtype=torch.float64)
+        res_alone = fit(alone, x, y, cfg(lr), progress=False)
+        assert res_alone.stopped_step[0] == res.stopped_step[e]
+        assert res_alone.converged[0] == res.converged[e]
+        for p_group, p_alone in zip(group.parameters(), alone.parameters()):
+            assert torch.equal(p_group[e], p_alone[0])
+        assert final.objective.iloc[e] == res_alone.metrics.objective.iloc[-1]

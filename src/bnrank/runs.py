@@ -129,6 +129,7 @@ def _summary(cfg: RunConfig, model: EnsembleMLP, task: TaskData, result, device)
             "objective": row.objective, "mse": row.mse, "test_mse": test[e], "param_norm_sq": row.param_norm_sq,
             "grad_norm": row.grad_norm, "balance_error": row.balance_error,
             "diverged": result.diverged[e], "diverged_step": result.diverged_step[e], "converged": result.converged[e],
+            "stopped_step": result.stopped_step[e],
         })
     return {
         "members": members, "steps": result.steps, "stopped_early": result.stopped_early,

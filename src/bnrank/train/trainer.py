@@ -1,9 +1,12 @@
 """`fit`: train an ensemble on the regularized objective, in phases, with diagnostics.
 
 The hot loop does one batched forward/backward for all members (hand-written backprop,
-`bnrank.train.backprop`) and never synchronizes on a member's value: a member whose objective turns non-finite is masked out on-device (its
-parameters stay as they were at that step) while the others go on unchanged. Diagnostics are
-computed every `log_every` steps at the current parameters on the full training set.
+`bnrank.train.backprop`) and never synchronizes on a member's value: a member whose objective
+turns non-finite is masked out on-device (its parameters stay as they were at that step) while
+the others go on unchanged. Diagnostics are computed every `log_every` steps at the current
+parameters on the full training set; there a member that meets the stop rule is frozen the same
+way, so every member's result is what it would be if it were trained alone. Training ends when
+no member is left to train.
 """
 
 from __future__ import annotations
@@ -27,18 +30,22 @@ from bnrank.train.schedules import lam_factor, lr_factor, resolve_phase
 
 METRIC_COLUMNS = [
     "step", "phase", "member", "objective", "mse", "param_norm_sq", "grad_norm",
-    "balance_error", "lr", "lam", "diverged",
+    "balance_error", "lr", "lam", "diverged", "converged",
 ]
 
 
 @dataclass
 class TrainResult:
-    """What `fit` did. `metrics` has one row per (logged step, member), columns METRIC_COLUMNS."""
+    """What `fit` did. `metrics` has one row per (logged step, member), columns METRIC_COLUMNS
+    (`diverged`/`converged`: the member is frozen from then on). Per member: `diverged_step` is
+    the step whose objective was non-finite, `stopped_step` the step at which it met the stop
+    rule (else the last step run). `steps` counts the ensemble's steps."""
 
     metrics: pd.DataFrame
     diverged: list[bool]
     diverged_step: list[int | None]
     converged: list[bool]
+    stopped_step: list[int]
     steps: int
     stopped_early: bool
     wall_time: float
@@ -88,32 +95,39 @@ def fit(
     as_vec = lambda v: torch.tensor(v, dtype=ref.dtype, device=ref.device)  # noqa: E731
     lam_base = as_vec(lam if lam is not None else per_member(config.lam, E))
     params = list(model.parameters())
-    active = torch.ones(E, dtype=torch.bool, device=ref.device)
+    alive = torch.ones(E, dtype=torch.bool, device=ref.device)  # not diverged
+    done = torch.zeros(E, dtype=torch.bool, device=ref.device)  # met the stop rule: frozen
     diverged_at = torch.full((E,), -1, dtype=torch.long, device=ref.device)
+    stopped_at = [None] * E
     gen = torch.Generator(device="cpu").manual_seed(seed)
     rows: list[dict] = []
     history: list[tuple[int, Tensor]] = []
-    converged = torch.zeros(E, dtype=torch.bool)
-    stopped_early = False
     step = 0
     total_steps = sum(p.steps for p in config.phases)
     show = sys.stderr.isatty() if progress is None else progress
     start = time.perf_counter()
 
-    def log(phase_idx: int, lr: Tensor, lam_t: Tensor) -> tuple[Tensor, Tensor]:
-        """Record diagnostics at the current parameters; returns (objective, balance error) (E,)
-        on the CPU in float64."""
+    def log(phase_idx: int, lr: Tensor, lam_t: Tensor) -> Tensor:
+        """Record diagnostics at the current parameters, freeze members that meet the stop rule;
+        returns the objective (E,) on the CPU in float64."""
         obj, err, norm, grads = objective_and_grads(model, x, y, lam_t)
         gnorm = sum(g.square().flatten(1).sum(1) for g in grads).sqrt()
         bal = balance_error(model)
+        now = obj.double().cpu()
+        history.append((step, now))
+        if config.stop is not None:
+            newly = _converged(history, now, bal.double().cpu(), step, config.stop).to(ref.device) & alive & ~done
+            for e in torch.nonzero(newly).flatten().tolist():
+                stopped_at[e] = step
+            done.logical_or_(newly)
         cols = {
             "objective": obj, "mse": err, "param_norm_sq": norm, "grad_norm": gnorm,
-            "balance_error": bal, "lr": lr, "lam": lam_t, "diverged": ~active,
+            "balance_error": bal, "lr": lr, "lam": lam_t, "diverged": ~alive, "converged": done,
         }
         values = {k: v.detach().cpu().tolist() for k, v in cols.items()}
         for e in range(E):
             rows.append({"step": step, "phase": phase_idx, "member": e} | {k: v[e] for k, v in values.items()})
-        return obj.detach().double().cpu(), bal.double().cpu()
+        return now
 
     with _progress(show) as bar:
         task = bar.add_task("training", total=total_steps, info="")
@@ -125,7 +139,7 @@ def fit(
             perm = torch.randperm(n, generator=gen) if batch else None
             cursor = 0
             if step == 0:
-                history.append((0, log(phase_idx, lr_base * lr_factor(phase, 0), lam_base * lam_factor(phase, 0))[0]))
+                log(phase_idx, lr_base * lr_factor(phase, 0), lam_base * lam_factor(phase, 0))
             for t in range(phase.steps):
                 lr = lr_base * lr_factor(phase, t)
                 lam_t = lam_base * lam_factor(phase, t)
@@ -139,27 +153,23 @@ def fit(
                     xb, yb = x, y
                 obj, _, _, grads = objective_and_grads(model, xb, yb, lam_t)
                 finite = torch.isfinite(obj)
-                diverged_at = torch.where(active & ~finite, step, diverged_at)
-                active &= finite
-                opt.step(grads, lr, active)
+                diverged_at = torch.where(alive & ~done & ~finite, step, diverged_at)
+                alive &= finite | done
+                training = alive & ~done
+                opt.step(grads, lr, training)
                 step += 1
                 if config.rebalance_every and step % config.rebalance_every == 0:
-                    rebalance_(model, active=active)
-                last = t == phase.steps - 1
-                if step % config.log_every == 0 or last:
-                    now, bal = log(phase_idx, lr, lam_t)
-                    history.append((step, now))
-                    live = active.cpu()
-                    info = f"objective {now[live].mean().item():.4g}" if live.any() else "all diverged"
+                    rebalance_(model, active=training)
+                if step % config.log_every == 0 or t == phase.steps - 1:
+                    now = log(phase_idx, lr, lam_t)
+                    training = (alive & ~done).cpu()
+                    info = f"objective {now[training].mean().item():.4g}" if training.any() else "all members stopped"
                     bar.update(task, completed=step, info=info)
-                    if config.stop is not None:
-                        converged = _converged(history, now, bal, step, config.stop)
-                        if live.any() and bool(converged[live].all()) and step < total_steps:
-                            stopped_early = True
-                            break
-            if stopped_early:
+                    if not training.any():
+                        break
+            if not (alive & ~done).any():
                 break
-        bar.update(task, completed=total_steps if not stopped_early else step)
+        bar.update(task, completed=total_steps)
 
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     div_at = diverged_at.cpu().tolist()
@@ -167,8 +177,9 @@ def fit(
         metrics=metrics,
         diverged=[d >= 0 for d in div_at],
         diverged_step=[d if d >= 0 else None for d in div_at],
-        converged=(converged & active.cpu()).tolist(),
+        converged=done.cpu().tolist(),
+        stopped_step=[s if s is not None else step for s in stopped_at],
         steps=step,
-        stopped_early=stopped_early,
+        stopped_early=step < total_steps,
         wall_time=time.perf_counter() - start,
     )
