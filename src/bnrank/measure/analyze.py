@@ -56,8 +56,9 @@ def analyze(
 ) -> Analysis:
     """Measure weights, representations, input Jacobians and curvature of every member.
 
-    model: an EnsembleMLP; a ``torch.nn.Sequential`` of Linear/ReLU; a run directory (X, Y
-    default to its x_train, y_train and λ to its config's train.lam); or a checkpoint file.
+    model: an EnsembleMLP; a ``torch.nn.Sequential`` of Linear/ReLU; a run directory (X
+    defaults to its x_train, and then Y to its y_train; λ to its config's train.lam); or a
+    checkpoint file.
     X: inputs (N, d_in), a tensor or array. Y: targets (N, d_out), needed for the Hessian.
     lam: λ of the objective (one value or one per member; default 0, or the run's λ).
     threshold: singular values of W_ℓ above it count towards `rank` (the paper uses 0.1); the
@@ -130,7 +131,7 @@ def analyze(
         trace = ntk_trace(inputs, jac.grad_sq)
         clock.lap("ntk_trace")
 
-        nan = torch.full((E,), float("nan"), dtype=MEASURE_DTYPE)
+        nan = x.new_full((E,), float("nan"))
         top_ntk = ntk_top(W, inputs, preacts) if curvature else nan
         clock.lap("ntk_top")
         top_hess = hessian_top(W, inputs, preacts, y, lams) if curvature and y is not None else nan
@@ -142,9 +143,9 @@ def analyze(
         budget = torch.stack([layer_budget(s, k) for s in wspec], 1)  # (E, L)
         norm_sq = net.param_norm_sq()
         balance = torch.cat([layer_balance_errors(net), nan[:, None]], 1)
-        sq_error = (preacts[-1] - y).square().sum(-1) if y is not None else torch.full((E, N), float("nan"), dtype=MEASURE_DTYPE)
+        sq_error = (preacts[-1] - y).square().sum(-1) if y is not None else x.new_full((E, N), float("nan"))
         mse = sq_error.mean(1)
-        lam_t = torch.tensor(lams, dtype=MEASURE_DTYPE)
+        lam_t = torch.tensor(lams, dtype=MEASURE_DTYPE, device=x.device)
 
         layers = pd.DataFrame({
             "member": np.repeat(np.arange(E), L),

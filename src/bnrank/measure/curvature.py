@@ -131,7 +131,7 @@ def ntk_top(weights: Sequence[Tensor], inputs: Sequence[Tensor], preacts: Sequen
     for e in range(E):  # one Lanczos run per member; each product is batched over the inputs
         net = _Linearized(_member(weights, e), _member(inputs, e), _member(preacts, e))
         tops.append(top_eigenvalue(net.ntk_matvec, n * d_out, ref.dtype, ref.device) / n)
-    return torch.tensor(tops, dtype=ref.dtype)
+    return torch.tensor(tops, dtype=ref.dtype, device=ref.device)
 
 
 def hessian_top(
@@ -144,4 +144,4 @@ def hessian_top(
         net = _Linearized(_member(weights, e), _member(inputs, e), _member(preacts, e))
         n_params = sum(net.sizes)
         tops.append(top_eigenvalue(lambda u: net.hvp(u, y, float(lam[e])), n_params, ref.dtype, ref.device))
-    return torch.tensor(tops, dtype=ref.dtype)
+    return torch.tensor(tops, dtype=ref.dtype, device=ref.device)

@@ -26,7 +26,9 @@ class InputJacobians:
 def input_jacobians(weights: Sequence[Tensor], preacts: Sequence[Tensor]) -> InputJacobians:
     """Jacobians of f at the N inputs whose pre-activations `preacts` ([α_1..α_L], each (E, N, d_ℓ)) are given.
 
-    weights[ℓ-1]: (E, d_ℓ, d_{ℓ-1}). Cost: N·d_out·Σ_ℓ d_ℓ·d_{ℓ-1} multiply-adds per member.
+    weights[ℓ-1]: (E, d_ℓ, d_{ℓ-1}). Cost: N·d_out·Σ_ℓ d_ℓ·d_{ℓ-1} multiply-adds per member;
+    memory: two (E, N, d_out, d_ℓ) tensors at a time (128 MB in float64 for E = 4, N = 1000,
+    d_out = 20, d_ℓ = 200).
     """
     E, N, d_out = preacts[-1].shape
     depth = len(weights)
