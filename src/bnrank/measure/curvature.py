@@ -24,6 +24,7 @@ product batched over the inputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -107,7 +108,6 @@ def top_eigenvalue(matvec, n: int, dtype: torch.dtype, device: torch.device) -> 
     """Largest eigenvalue of the symmetric n × n operator `matvec` (a torch (n,) → (n,) map)."""
     from scipy.sparse.linalg import LinearOperator, eigsh  # slow to import: only when asked for
 
-
     def apply(v: np.ndarray) -> np.ndarray:
         return matvec(torch.as_tensor(v.ravel(), dtype=dtype, device=device)).cpu().numpy()
 
@@ -124,7 +124,8 @@ def _member(tensors: Sequence[Tensor], e: int) -> list[Tensor]:
 
 
 def ntk_top(weights: Sequence[Tensor], inputs: Sequence[Tensor], preacts: Sequence[Tensor]) -> Tensor:
-    """λ_max(Θ)/N for every member: (E,). Arguments as returned by the forward pass."""
+    """λ_max(Θ)/N for every member: (E,). weights[ℓ-1]: (E, d_ℓ, d_{ℓ-1}); inputs: the layer
+    inputs [x, σ(α_1), ..., σ(α_{L-1})] and preacts: [α_1, ..., α_L], each (E, N, d)."""
     E, n, d_out = preacts[-1].shape
     ref = preacts[-1]
     tops = []
@@ -143,5 +144,5 @@ def hessian_top(
     for e in range(ref.shape[0]):
         net = _Linearized(_member(weights, e), _member(inputs, e), _member(preacts, e))
         n_params = sum(net.sizes)
-        tops.append(top_eigenvalue(lambda u: net.hvp(u, y, float(lam[e])), n_params, ref.dtype, ref.device))
+        tops.append(top_eigenvalue(partial(net.hvp, y=y, lam=float(lam[e])), n_params, ref.dtype, ref.device))
     return torch.tensor(tops, dtype=ref.dtype, device=ref.device)

@@ -90,7 +90,7 @@ def fit_depth_expansion(df: pd.DataFrame, with_r2: bool = False) -> pd.DataFrame
     for rank, group in data.groupby("rank", sort=True):
         depth = group["depth"].to_numpy()
         row = {"rank": int(rank), "n_depths": int(np.unique(depth).size), "n_networks": len(group)}
-        coef = stderr = np.full(len(names), np.nan)
+        coef, stderr = np.full(len(names), np.nan), np.full(len(names), np.nan)
         if row["n_depths"] >= len(names):
             design = np.column_stack([depth, np.ones_like(depth)] + ([1.0 / depth] if with_r2 else []))
             target = group["param_norm_sq"].to_numpy()
