@@ -263,19 +263,24 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML{where}") from None
 
 
+def parse_assignment(item: str) -> tuple[str, Any]:
+    """`"key.sub=value"` → ("key.sub", value parsed as YAML); malformed input raises ConfigError."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+
+
 def override(data: dict, assignments: list[str]) -> dict:
     """Apply `key.sub=value` assignments (value parsed as YAML) to a nested dict copy."""
     import copy
 
     data = copy.deepcopy(data or {})
     for item in assignments:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+        key, value = parse_assignment(item)
         node: Any = data
         parts = key.split(".")
         for part in parts[:-1]:

@@ -39,10 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, model_validator
 
-from bnrank.config import RunConfig, StrictModel, read_yaml, validate
+from bnrank.config import RunConfig, StrictModel, parse_assignment, read_yaml, validate
 from bnrank.errors import ConfigError
 
 #: Keys a cell sets itself (from the spec's seeds or trials); they are not grid keys.
@@ -169,13 +168,7 @@ def _resolve_base(base: Any, source: str) -> dict:
 
 
 def _apply_override(data: dict, item: str) -> None:
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key=value")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+    key, value = parse_assignment(item)
     head, _, rest = key.partition(".")
     if head == "grid" and rest:
         grid = data.setdefault("grid", {})
