@@ -14,6 +14,7 @@ from types import ModuleType
 from bnrank.errors import ConfigError
 
 EXPERIMENTS: dict[str, str] = {}
+EXPERIMENTS["fig2"] = "bnrank.experiments.fig2"
 
 
 def get_experiment(name: str) -> ModuleType:
