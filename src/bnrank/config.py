@@ -160,7 +160,8 @@ class Phase(StrictModel):
             raise ValueError("betas must lie in [0, 1)")
         if self.optimizer == "adam" and (self.lr_sharpness is not None or self.momentum == "auto"):
             raise ValueError("lr_sharpness and momentum 'auto' are for optimizer 'gd' or 'sgd'")
-        if self.lr_sharpness is not None and "lr" in self.model_fields_set:
+        explicit_lr = "lr" in self.model_fields_set and self.lr != Phase.model_fields["lr"].default  # a dump round-trips
+        if self.lr_sharpness is not None and explicit_lr:
             raise ValueError("set either lr or lr_sharpness (lr = lr_sharpness / top Hessian eigenvalue)")
         return self
 

@@ -59,11 +59,13 @@ class Group:
         return len(self.cells)
 
     def train_config(self) -> TrainConfig:
-        """The first cell's TrainConfig with λ and every phase's lr as per-member lists."""
+        """The first cell's TrainConfig with λ and every phase's lr as per-member lists (a phase
+        with lr_sharpness keeps its unused lr: its steps are set at the phase start)."""
         data = self.cells[0].config.train.model_dump(mode="json")
         data["lam"] = [per_member(c.config.train.lam, 1)[0] for c in self.cells]
         for i, phase in enumerate(data["phases"]):
-            phase["lr"] = [per_member(c.config.train.phases[i].lr, 1)[0] for c in self.cells]
+            if phase["lr_sharpness"] is None:
+                phase["lr"] = [per_member(c.config.train.phases[i].lr, 1)[0] for c in self.cells]
         return TrainConfig.model_validate(data)
 
 
