@@ -1,0 +1,355 @@
+"""The paper's Figure 1: the depth sweep on the rank-2 composition task (theory.md §5).
+
+    bnrank reproduce fig1 [--preset quick|paper] [--out DIR]
+
+Trains `trials` networks (seeds) at every depth of the preset on the composition task
+(`bnrank.tasks.composition`, true rank 2) at λ = 0.001 with the default recipe
+(`bnrank.train.recipe`), through the sweep engine: the sweep lives in ``out/sweep/`` and
+rerunning the command resumes it (finished cells are kept). Then writes into `out`:
+
+    fig1a.png/.svg   ‖θ‖² at the end of training against depth, color = rank of W_{L/2}
+                     (# singular values > 0.1), marker '.' if the final train cost is < 0.1
+                     else 'x', with the affine fit ‖θ‖² ≈ slope·L + intercept of each rank class
+    fig1b.png/.svg   singular values of every W_ℓ for 4 trials (`representative_trials`)
+    runs.parquet     one row per network: the sweep's runs table plus `rank` (its rank class),
+                     `fitted` (train cost < cost_max), analyze's `jac_rank`, `r1_lower_bound`,
+                     and `r1_at_rank` (see RANK_RULE)
+    summary.json     see `run`
+
+and prints the per-depth and per-rank-class tables.
+
+Conventions (ours; the paper does not spell them out):
+
+- RANK_RULE: every network is its own point: its rank class is the rank of its own middle
+  weight matrix W_{⌈L/2⌉}, whatever its seed-mates at the same depth found. The rank *of a
+  depth* (for the acceptance criteria) is the rank of its network with the lowest final
+  objective, the best estimate of the regularized minimum found there.
+- FIT_RULE: within each rank class, ‖θ‖² of its non-diverged networks (one row per network,
+  all seeds) is fitted by least squares against L (`fit_depth_expansion`).
+- Every network's steps are the same: the sweep grids over whole model sections (depth and its
+  init scale `default_init_scale(L)`) under one training config, so the preset's step counts are
+  sized for its deepest network (the last phase stops early by the stop rule).
+- Seeds of one depth train as one ensemble (``batch_coupled``): the recipe's stop rule freezes
+  members individually; its curvature-scaled step draws one power-iteration start per ensemble.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from bnrank.atomic import write_json, write_parquet, write_with
+from bnrank.errors import ConfigError
+from bnrank.measure.theory import fit_depth_expansion
+from bnrank.plots.fig1 import plot_norm_vs_depth, plot_trial_spectra
+from bnrank.sweep import SweepResult, run_sweep
+from bnrank.sweep.work import RANK_THRESHOLD
+from bnrank.train.recipe import default_init_scale, default_train_config
+
+TRUE_RANK = 2
+RANK_RULE = (
+    "a network's rank = # singular values > 0.1 of its own W_{ceil(L/2)}; "
+    "a depth's rank = the rank of its network with the lowest final objective"
+)
+FIT_RULE = "least squares of ‖θ‖² on depth over the non-diverged networks of a rank class (one row per network)"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What `run` trains and how it judges the result.
+
+    depths: the depths L swept; trials: seeds per depth; width, n_train, n_test, g_scale,
+    bias_std, task_seed: the network width and the composition task (CompositionTask fields);
+    lam: λ; adam_steps, descent_steps, polish_steps: the recipe's three phases (the same for
+    every depth; polish is a cap, the stop rule ends it); workers × threads: sweep processes and
+    torch threads each; analyze_points: training inputs `bnrank.analyze` measures (Jacobians).
+    Acceptance: cost_max (train cost of a fitted network), min_range (consecutive depths of
+    rank TRUE_RANK), slope_tol (relative slope error allowed in a rank class with ≥ min_range
+    depths).
+    """
+
+    depths: tuple[int, ...]
+    trials: int
+    width: int
+    n_train: int
+    adam_steps: int
+    descent_steps: int
+    polish_steps: int
+    n_test: int = 0
+    g_scale: float = 1.0
+    bias_std: float = 0.5
+    task_seed: int = 0
+    lam: float = 1e-3
+    workers: int = 1
+    threads: int | None = 1
+    analyze_points: int = 64
+    cost_max: float = 0.1
+    min_range: int = 3
+    slope_tol: float = 0.15
+
+
+PRESETS: dict[str, Preset] = {
+    # Seconds: a smoke test of the whole pipeline (tests/test_fig1.py), not a result.
+    "tiny": Preset(depths=(3, 4, 5), trials=2, width=8, n_train=32, adam_steps=300, descent_steps=30, polish_steps=30,
+                   analyze_points=8),
+    # ≤ 15 min on 2 shared CPU cores (see the issue note for the measured numbers).
+    "quick": Preset(depths=(4, 6, 8, 10, 12, 14, 16, 18), trials=2, width=50, n_train=200, g_scale=0.5,
+                    adam_steps=3000, descent_steps=3000, polish_steps=3000, workers=2),
+    # The paper's sizes: depths up to 30, 4 trials, width 100, N = 500 (a GPU or a cluster).
+    "paper": Preset(depths=tuple(range(4, 31, 2)), trials=4, width=100, n_train=500, g_scale=0.5,
+                    adam_steps=16000, descent_steps=32000, polish_steps=48000, threads=None),
+}
+HIDDEN_PRESETS = {"tiny"}
+
+
+def sweep_spec(p: Preset) -> dict:
+    """The sweep spec of a preset: one cell per (depth, seed); see the module docstring."""
+    train = default_train_config(max(p.depths), p.lam, adam_steps=p.adam_steps, descent_steps=p.descent_steps,
+                                 polish_steps=p.polish_steps)
+    return {
+        "name": "fig1",
+        "base": {
+            "task": {"kind": "composition", "rank": TRUE_RANK, "latent_dim": 8, "d_in": 20, "d_out": 20,
+                     "n_train": p.n_train, "n_test": p.n_test, "hidden": 100, "bias_std": p.bias_std,
+                     "g_scale": p.g_scale, "seed": p.task_seed},
+            "model": {"width": p.width},
+            "train": train.model_dump(mode="json", exclude_defaults=True) | {"lam": p.lam},
+        },
+        "grid": {"model": [{"depth": d, "width": p.width, "init_scale": default_init_scale(d)} for d in p.depths]},
+        "trials": p.trials,
+        "batch_coupled": True,
+        "analyze": True,
+        "analyze_points": p.analyze_points,
+        "analyze_curvature": False,
+    }
+
+
+def network_table(result: SweepResult) -> pd.DataFrame:
+    """One row per network: the sweep's runs plus `rank` (= mid_rank), analyze's `jac_rank` and
+    `r1_lower_bound`, and `r1_at_rank` = max over the analyzed inputs x of 2·Σ_{i≤rank} log s_i(Jf(x))
+    (2·log|Jf(x)|₊ when Jf(x) has rank `rank`, the R⁽¹⁾ lower bound of theory.md §2) over the
+    inputs whose Jacobian has `rank` nonzero singular values (NaN if none, or rank 0)."""
+    runs = result.runs.drop(columns=["model"], errors="ignore").copy()
+    runs["rank"] = runs["mid_rank"].astype(int)
+    net = result.network[["cell_id", "jac_rank", "r1_lower_bound"]]
+    runs = runs.merge(net, on="cell_id", how="left")
+    ranks = dict(zip(runs["cell_id"], runs["rank"]))
+    pts = result.points[["cell_id", "jac_singular_values"]]
+    r1 = {}
+    for cid, group in pts.groupby("cell_id"):
+        k = ranks.get(cid, 0)
+        top = [np.asarray(s, dtype=float)[:k] for s in group["jac_singular_values"]]
+        values = [2 * np.log(s).sum() for s in top if k > 0 and len(s) == k and s[-1] > 0]
+        r1[cid] = float(max(values)) if values else float("nan")
+    runs["r1_at_rank"] = runs["cell_id"].map(r1).astype(float)
+    return runs
+
+
+def depth_table(runs: pd.DataFrame, cost_max: float = 0.1) -> pd.DataFrame:
+    """One row per depth (ascending): rank and mse of its lowest-objective non-diverged network
+    (RANK_RULE; rank -1 and NaN when all diverged), `fitted` (that mse < cost_max) and
+    `ranks`, the ranks of all its networks in seed order."""
+    rows = []
+    for depth, group in runs.groupby("depth", sort=True):
+        live = group[~group["diverged"].astype(bool)]
+        best = live.loc[live["objective"].idxmin()] if not live.empty else None
+        rows.append({
+            "depth": int(depth),
+            "rank": int(best["rank"]) if best is not None else -1,
+            "mse": float(best["mse"]) if best is not None else float("nan"),
+            "fitted": bool(best is not None and best["mse"] < cost_max),
+            "ranks": [int(r) for r in group.sort_values("seed")["rank"]],
+        })
+    return pd.DataFrame(rows, columns=["depth", "rank", "mse", "fitted", "ranks"])
+
+
+def fit_rank_classes(runs: pd.DataFrame) -> pd.DataFrame:
+    """`fit_depth_expansion` of the non-diverged networks, one row per rank class (FIT_RULE)."""
+    live = runs[~runs["diverged"].astype(bool)]
+    return fit_depth_expansion(live[["depth", "param_norm_sq", "rank"]])
+
+
+def acceptance(depths: pd.DataFrame, fits: pd.DataFrame, target_rank: int = TRUE_RANK, min_range: int = 3,
+               slope_tol: float = 0.15, cost_max: float = 0.1) -> dict:
+    """Whether the sweep shows the paper's phenomenon, computed from the tables.
+
+    depths: `depth_table` output; fits: `fit_rank_classes` output (rank, n_depths, slope).
+    Returns {"criteria": [{"name", "statement", "held", "value"}], "passed": all held}.
+    Consecutive depths are consecutive entries of the swept depths.
+    """
+    depths = depths.sort_values("depth", ignore_index=True)
+    good = (depths["rank"] == target_rank) & depths["fitted"]
+    best_run: list[int] = []
+    current: list[int] = []
+    for depth, ok in zip(depths["depth"], good):
+        current = current + [int(depth)] if ok else []
+        if len(current) > len(best_run):
+            best_run = current
+    beyond = depths[depths["depth"] > best_run[-1]] if best_run else depths.iloc[:0]
+    lower_beyond = beyond[(beyond["rank"] >= 0) & (beyond["rank"] < target_rank)]
+    higher_beyond = beyond[beyond["rank"] > target_rank]
+    checked = fits[(fits["n_depths"] >= min_range)]
+    slope_ok = {
+        int(f.rank): bool(np.isfinite(f.slope) and abs(f.slope - f.rank) <= slope_tol * max(f.rank, 1))
+        for f in checked.itertuples()
+    }
+    criteria = [
+        {
+            "name": f"rank_{target_rank}_range",
+            "statement": f"at least {min_range} consecutive swept depths have rank {target_rank} with train cost < {cost_max:g}",
+            "held": len(best_run) >= min_range,
+            "value": best_run,
+        },
+        {
+            "name": "smaller_rank_deeper",
+            "statement": f"beyond that range some depth has rank < {target_rank} and none has rank > {target_rank}",
+            "held": bool(best_run) and not lower_beyond.empty and higher_beyond.empty,
+            "value": {"lower": lower_beyond["depth"].astype(int).tolist(), "higher": higher_beyond["depth"].astype(int).tolist()},
+        },
+        {
+            "name": "slope_equals_rank",
+            "statement": (f"in every rank class k with ≥ {min_range} depths the fitted slope is within "
+                          f"±{slope_tol:.0%} of k (±{slope_tol:g} for k = 0, the collapse θ = 0)"),
+            "held": bool(slope_ok) and all(slope_ok.values()),
+            "value": slope_ok,
+        },
+    ]
+    return {"criteria": criteria, "passed": all(c["held"] for c in criteria)}
+
+
+def representative_trials(runs: pd.DataFrame, n: int = 4) -> pd.DataFrame:
+    """`n` networks for panel (b): per rank class (most populous first) the lowest-objective
+    network at its class's median depth; the remaining slots go to further depths (spread over
+    the sweep) not yet shown. Returned sorted by depth."""
+    live = runs[~runs["diverged"].astype(bool)]
+    picked: list = []
+    classes = live.groupby("rank").size().sort_values(ascending=False, kind="stable").index
+    for rank in classes:
+        group = live[live["rank"] == rank]
+        median = sorted(group["depth"].unique())[len(group["depth"].unique()) // 2]
+        picked.append(group[group["depth"] == median]["objective"].idxmin())
+        if len(picked) == n:
+            break
+    shown = set(live.loc[picked, "depth"])
+    rest = [d for d in sorted(live["depth"].unique()) if d not in shown]
+    for depth in [rest[i] for i in np.linspace(0, len(rest) - 1, min(n - len(picked), len(rest))).round().astype(int)] if rest else []:
+        picked.append(live[live["depth"] == depth]["objective"].idxmin())
+    return live.loc[picked].sort_values("depth")
+
+
+def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict:
+    """Run (or resume) the sweep of `preset`, then fit, plot and judge it; `options` replace fields of the Preset.
+
+    Returns the summary written to ``summary.json``:
+        preset, lam, threshold, cost_max, rank_rule, fit_rule;
+        depths: per depth {depth, rank, mse, fitted, ranks} (`depth_table`);
+        rank_classes: per rank class {rank, depths, n_networks, slope, slope_stderr, intercept,
+        intercept_stderr, r1_lower_bound, r1_lower_bound_jac}: r1_lower_bound = the largest
+        2·log|Jf(x)|₊ over the class's networks and analyzed inputs, with |·|₊ over the top
+        `rank` singular values (`r1_at_rank`); r1_lower_bound_jac = the largest of analyze's
+        network.r1_lower_bound (|·|₊ over the numerically nonzero singular values, jac_rank of
+        them) among the class's networks whose jac_rank equals the class rank (null if none);
+        acceptance: see `acceptance`;
+        n_networks, n_diverged, fig1b_trials (cell ids), sweep (directory), wall_time_s.
+    """
+    if preset not in PRESETS:
+        known = ", ".join(name for name in PRESETS if name not in HIDDEN_PRESETS)
+        raise ConfigError(f"unknown preset {preset!r} for fig1 (known: {known})")
+    try:
+        spec = dataclasses.replace(PRESETS[preset], **options)
+    except TypeError as err:
+        raise ConfigError(f"fig1: {err}") from None
+    start = time.perf_counter()
+    out = Path(out)
+    result = run_sweep(sweep_spec(spec), out / "sweep", workers=spec.workers, threads=spec.threads, progress=progress)
+    runs = network_table(result)
+    depths = depth_table(runs, spec.cost_max)
+    fits = fit_rank_classes(runs)
+    trials = representative_trials(runs)
+    summary = {
+        "preset": preset,
+        "lam": spec.lam,
+        "threshold": RANK_THRESHOLD,
+        "cost_max": spec.cost_max,
+        "rank_rule": RANK_RULE,
+        "fit_rule": FIT_RULE,
+        "depths": depths.to_dict(orient="records"),
+        "rank_classes": rank_classes(runs, fits),
+        "acceptance": acceptance(depths, fits, TRUE_RANK, spec.min_range, spec.slope_tol, spec.cost_max),
+        "n_networks": len(runs),
+        "n_diverged": int(runs["diverged"].astype(bool).sum()),
+        "fig1b_trials": trials["cell_id"].tolist(),
+        "sweep": "sweep",
+        "wall_time_s": time.perf_counter() - start,
+    }
+    live = runs[~runs["diverged"].astype(bool)]
+    figures = {
+        "fig1a": plot_norm_vs_depth(live, fits, spec.cost_max),
+        "fig1b": plot_trial_spectra(result.layers, trials, RANK_THRESHOLD),
+    }
+    for name, fig in figures.items():
+        for ext in ("png", "svg"):
+            write_with(out / f"{name}.{ext}", lambda p, fig=fig, ext=ext: fig.savefig(p, format=ext, dpi=150))
+    write_parquet(out / "runs.parquet", runs)
+    write_json(out / "summary.json", summary)
+    _print_tables(summary, out)
+    return summary
+
+
+def rank_classes(runs: pd.DataFrame, fits: pd.DataFrame) -> list[dict]:
+    """The summary's rank_classes entries (see `run`), ascending rank."""
+    live = runs[~runs["diverged"].astype(bool)]
+    classes = []
+    for fit in fits.itertuples():
+        members = live[live["rank"] == fit.rank]
+        exact = members[members["jac_rank"] == fit.rank]["r1_lower_bound"]
+        classes.append({
+            "rank": int(fit.rank),
+            "depths": sorted(int(d) for d in members["depth"].unique()),
+            "n_networks": int(fit.n_networks),
+            "slope": _num(fit.slope), "slope_stderr": _num(fit.slope_stderr),
+            "intercept": _num(fit.intercept), "intercept_stderr": _num(fit.intercept_stderr),
+            "r1_lower_bound": _num(members["r1_at_rank"].max()),
+            "r1_lower_bound_jac": _num(exact.max()) if not exact.empty else None,
+        })
+    return classes
+
+
+def _num(value) -> float | None:
+    """A finite float, or None (JSON null) for NaN."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _fmt(value, spec: str = ".3g") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _print_tables(summary: dict, out: Path) -> None:
+    """Per-depth ranks, then per-rank-class fits, then the acceptance criteria."""
+    console = Console()
+    table = Table(title=f"Figure 1 (depth sweep, λ = {summary['lam']:g}): {out}", box=box.SIMPLE_HEAD)
+    for name in ("L", "rank", "train cost", "ranks of all seeds"):
+        table.add_column(name, justify="right")
+    for row in summary["depths"]:
+        mark = "" if row["fitted"] else " (x)"
+        table.add_row(str(row["depth"]), str(row["rank"]), f"{row['mse']:.3g}{mark}", " ".join(map(str, row["ranks"])))
+    console.print(table)
+    classes = Table(title="Rank classes: ‖θ‖² ≈ slope·L + intercept", box=box.SIMPLE_HEAD)
+    for name in ("rank", "depths", "networks", "slope", "± stderr", "intercept", "R⁽¹⁾ ≥ (2 log|Jf|₊)"):
+        classes.add_column(name, justify="right")
+    for c in summary["rank_classes"]:
+        classes.add_row(str(c["rank"]), " ".join(map(str, c["depths"])), str(c["n_networks"]), _fmt(c["slope"], ".3f"),
+                        _fmt(c["slope_stderr"], ".2g"), _fmt(c["intercept"], ".3g"), _fmt(c["r1_lower_bound"], ".3g"))
+    console.print(classes)
+    for c in summary["acceptance"]["criteria"]:
+        console.print(f"  {'PASS' if c['held'] else 'FAIL'}  {c['statement']}: {c['value']}")
+    console.print(f"time {summary['wall_time_s']:.0f} s, {summary['n_networks']} networks ({summary['n_diverged']} diverged)")

@@ -1,0 +1,91 @@
+"""The paper's Figure 1: ‖θ‖² against depth by rank class (a), weight spectra of a few trials (b).
+
+Each function takes DataFrames and returns a matplotlib Figure (no pyplot state).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from bnrank.errors import DataError
+
+
+def rank_colors(ranks) -> dict[int, tuple]:
+    """One tab10 color per rank (rank k gets color k mod 10), so a rank keeps its color across panels."""
+    return {int(k): colormaps["tab10"](int(k) % 10) for k in ranks}
+
+
+def plot_norm_vs_depth(runs: pd.DataFrame, fits: pd.DataFrame, cost_max: float = 0.1) -> Figure:
+    """Panel (a): ‖θ‖² at the end of training against depth, one point per network.
+
+    runs: one row per network with columns depth, param_norm_sq, rank (its rank class) and mse
+    (final train cost); the marker is '.' when mse < `cost_max`, else 'x'; the color is the rank.
+    fits: `fit_depth_expansion` output (rank, slope, intercept): each rank class with a fit gets
+    the line slope·L + intercept over the depths of its networks.
+    """
+    missing = {"depth", "param_norm_sq", "rank", "mse"} - set(runs.columns)
+    if missing:
+        raise DataError(f"plot_norm_vs_depth: runs table lacks column(s) {', '.join(sorted(missing))}")
+    colors = rank_colors(runs["rank"].unique())
+    fig = Figure(figsize=(7, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for rank, group in runs.groupby("rank", sort=True):
+        fitted = group["mse"] < cost_max
+        for mask, marker, size in ((fitted, ".", 120), (~fitted, "x", 40)):
+            pts = group[mask]
+            ax.scatter(pts["depth"], pts["param_norm_sq"], marker=marker, s=size, color=colors[int(rank)], linewidths=1.2)
+    handles = [Line2D([], [], color=colors[int(k)], marker="o", linestyle="", label=f"rank {int(k)}") for k in sorted(colors)]
+    for fit in fits.itertuples():
+        if not np.isfinite(fit.slope) or int(fit.rank) not in colors:
+            continue
+        depths = runs.loc[runs["rank"] == fit.rank, "depth"]
+        grid = np.array([depths.min(), depths.max()], dtype=float)
+        ax.plot(grid, fit.slope * grid + fit.intercept, "-", color=colors[int(fit.rank)], linewidth=1, alpha=0.8)
+        handles[sorted(colors).index(int(fit.rank))].set_label(f"rank {int(fit.rank)}: slope {fit.slope:.2f}")
+    handles += [
+        Line2D([], [], color="0.3", marker=".", markersize=10, linestyle="", label=f"train cost < {cost_max:g}"),
+        Line2D([], [], color="0.3", marker="x", linestyle="", label=f"train cost ≥ {cost_max:g}"),
+    ]
+    ax.legend(handles=handles, fontsize="small", loc="best")
+    ax.set_xlabel("depth L")
+    ax.set_ylabel("$\\|\\theta\\|^2$ at the end of training")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Parameter norm against depth, colored by the rank of $W_{L/2}$")
+    return fig
+
+
+def plot_trial_spectra(layers: pd.DataFrame, trials: pd.DataFrame, threshold: float | None = 0.1) -> Figure:
+    """Panel (b): singular values of every W_ℓ against ℓ for a few trials, one panel each.
+
+    layers: one row per (cell_id, layer) with column singular_values (e.g. a sweep's layers
+    table); trials: one row per trial to draw, in panel order, with columns cell_id, depth and
+    rank (colors as in panel (a)). Zero singular values are not drawn (log scale); a dashed line
+    marks `threshold` (None: no line). Panels share the y axis.
+    """
+    missing = {"cell_id", "layer", "singular_values"} - set(layers.columns)
+    if missing:
+        raise DataError(f"plot_trial_spectra: layers table lacks column(s) {', '.join(sorted(missing))}")
+    if trials.empty:
+        raise DataError("plot_trial_spectra: no trials to draw")
+    colors = rank_colors(trials["rank"].unique())
+    fig = Figure(figsize=(3.2 * len(trials) + 0.6, 4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(trials), sharey=True))
+    for ax, trial in zip(axes, trials.itertuples()):
+        rows = layers[layers["cell_id"] == trial.cell_id]
+        ell = np.concatenate([np.full(len(s), layer) for layer, s in zip(rows["layer"], rows["singular_values"])])
+        sv = np.concatenate([np.asarray(s, dtype=float) for s in rows["singular_values"]])
+        keep = sv > 0
+        ax.scatter(ell[keep], sv[keep], s=9, color=colors[int(trial.rank)], linewidths=0, alpha=0.8)
+        if threshold is not None:
+            ax.axhline(threshold, color="0.4", linestyle="--", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("layer ℓ")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"L = {int(trial.depth)}, rank {int(trial.rank)}", fontsize="medium")
+    axes[0].set_ylabel("singular values of $W_\\ell$")
+    return fig
