@@ -16,6 +16,7 @@ from bnrank.errors import ConfigError
 EXPERIMENTS: dict[str, str] = {}
 EXPERIMENTS["fig2"] = "bnrank.experiments.fig2"
 EXPERIMENTS["fig1"] = "bnrank.experiments.fig1"
+EXPERIMENTS["iclr-rank"] = "bnrank.experiments.iclr_rank"
 
 
 def get_experiment(name: str) -> ModuleType:

@@ -1,0 +1,207 @@
+"""The predecessor paper's rank-recovery figure (ICLR 2023, theory.md §5).
+
+    bnrank reproduce iclr-rank [--preset quick|paper] [--out DIR]
+
+A depth-13 network learns a rank-4 target R⁵⁰ → R⁵⁰ at λ = 0.05/L. Our target (the paper's is
+not published): the composition task (`bnrank.tasks.composition`) with rank 4 and
+d_in = d_out = 50, x = g(z) for an 8-dim Gaussian latent z, y = h(z₁..z₄). Trained with the
+default recipe (`bnrank.train.recipe`); `members` seeds train together as one ensemble. Writes into
+`out` (staged and renamed into place, so `out` is whole or absent):
+
+    run/                    the trained run (bnrank.load_run reads it)
+    layers.parquet          `bnrank.analyze(model, x_train).layers`
+    weights.png/.svg        singular values of every W_ℓ against ℓ (threshold 0.1)
+    activations.png/.svg    the top singular values of σ(α_ℓ(X)) against ℓ (member 0)
+    nonlinearity.png/.svg   ‖σ(α_ℓ) − α_ℓ‖ / ‖α_ℓ‖ against ℓ
+    summary.json            see `run`
+
+and prints a per-layer table of member 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from bnrank.atomic import staged_dir, write_json, write_with
+from bnrank.config import RunConfig, validate
+from bnrank.errors import ConfigError
+from bnrank.measure import analyze
+from bnrank.plots.iclr import plot_activation_spectra, plot_nonlinearity_impact
+from bnrank.plots.spectra import plot_weight_spectra
+from bnrank.runs import train
+from bnrank.train.recipe import default_init_scale, default_train_config, middle_layer
+
+TRUE_RANK = 4
+MIDDLE_RULE = "middle layers = the interior layers 3..L-2 (W_ℓ and σ(α_ℓ)); the middle weight is W_{ceil(L/2)}"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What `run` trains: `members` seeds of a depth-`depth`, width-`width` net on the rank-4
+    composition task with `n_train` (and `n_test`) points, at λ = lam_times_depth / depth, with
+    the recipe's phases of adam_steps, descent_steps and polish_steps (polish: a cap, the stop
+    rule ends it); `threads` torch threads (None: torch's default); `analyze_points` training
+    inputs go to `bnrank.analyze`; `threshold`: the weight-rank threshold (the paper's 0.1)."""
+
+    depth: int = 13
+    width: int = 100
+    n_train: int = 500
+    n_test: int = 500
+    members: int = 1
+    lam_times_depth: float = 0.05
+    adam_steps: int = 4000
+    descent_steps: int = 8000
+    polish_steps: int = 12000
+    g_scale: float = 1.0
+    task_seed: int = 0
+    threads: int | None = None
+    analyze_points: int = 500
+    threshold: float = 0.1
+
+
+PRESETS: dict[str, Preset] = {
+    # Seconds: a smoke test of the pipeline (tests/test_iclr_rank.py), not a result.
+    "tiny": Preset(depth=5, width=12, n_train=40, n_test=20, adam_steps=200, descent_steps=20, polish_steps=20,
+                   analyze_points=40, threads=1),
+    # A few minutes on one CPU core: the paper's depth and λ, smaller width and N.
+    "quick": Preset(width=50, n_train=250, n_test=250, adam_steps=3000, descent_steps=3000, polish_steps=3000,
+                    analyze_points=250, threads=1),
+    # The paper's sizes (depth 13, width 100, N = 500) with the recipe's default phase lengths.
+    "paper": Preset(members=4, adam_steps=8000, descent_steps=16000, polish_steps=24000),
+}
+HIDDEN_PRESETS = {"tiny"}
+
+
+def run_config(p: Preset) -> dict:
+    """The run config of a preset (a dict for `bnrank.train`)."""
+    lam = p.lam_times_depth / p.depth
+    train_cfg = default_train_config(p.depth, lam, adam_steps=p.adam_steps, descent_steps=p.descent_steps,
+                                     polish_steps=p.polish_steps)
+    return {
+        "seed": 0,
+        "members": p.members,
+        "task": {"kind": "composition", "rank": TRUE_RANK, "latent_dim": 8, "d_in": 50, "d_out": 50,
+                 "n_train": p.n_train, "n_test": p.n_test, "g_scale": p.g_scale, "seed": p.task_seed},
+        "model": {"depth": p.depth, "width": p.width, "init_scale": default_init_scale(p.depth)},
+        "train": train_cfg.model_dump(mode="json", exclude_defaults=True) | {"lam": lam},
+    }
+
+
+def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict:
+    """Train, measure and plot the rank-recovery figure for `preset`; `options` replace Preset fields.
+
+    Returns the summary written to ``summary.json`` (lists have one entry per member, layer 1 first):
+        preset, config (resolved), lam, true_rank, threshold, middle_rule (MIDDLE_RULE);
+        param_norm_sq, param_norm_sq_over_depth (the paper reports ≈ 6), train_mse, test_mse;
+        weight_ranks (# singular values of W_ℓ > threshold), act_ranks (of σ(α_ℓ(X)), relative
+        threshold), nonlin_impact, per member and layer; mid_weight_rank (W_{⌈L/2⌉});
+        middle_weight_ranks, middle_act_ranks: the sets of ranks seen in the middle layers;
+        checks: {middle weight ranks all = true rank, middle activation ranks all = true rank}
+        (computed, per all members), passed; wall_time_s, train_time_s.
+    """
+    if preset not in PRESETS:
+        known = ", ".join(name for name in PRESETS if name not in HIDDEN_PRESETS)
+        raise ConfigError(f"unknown preset {preset!r} for iclr-rank (known: {known})")
+    try:
+        spec = dataclasses.replace(PRESETS[preset], **options)
+    except TypeError as err:
+        raise ConfigError(f"iclr-rank: {err}") from None
+    if spec.depth < 5:
+        raise ConfigError(f"iclr-rank: depth must be >= 5 (middle layers 3..L-2), got {spec.depth}")
+    cfg = validate(RunConfig, run_config(spec), source=f"iclr-rank preset {preset!r}")
+    start = time.perf_counter()
+    out = Path(out)
+    with _threads(spec.threads), staged_dir(out, overwrite=True) as stage:
+        trained = train(cfg, out=stage / "run", progress=progress)
+        task = trained.task
+        layers = analyze(trained.model.double(), task.x_train[: spec.analyze_points], threshold=spec.threshold).layers
+        summary = _summary(spec, cfg, trained, layers) | {
+            "preset": preset, "config": cfg.model_dump(mode="json"),
+            "train_time_s": trained.summary["wall_time_s"], "wall_time_s": time.perf_counter() - start,
+        }
+        layers.to_parquet(stage / "layers.parquet", index=False)
+        figures = {
+            "weights": plot_weight_spectra(layers, threshold=spec.threshold,
+                                           title=f"Weight spectra, depth {spec.depth}, rank-{TRUE_RANK} target"),
+            "activations": plot_activation_spectra(layers),
+            "nonlinearity": plot_nonlinearity_impact(layers),
+        }
+        for name, fig in figures.items():
+            for ext in ("png", "svg"):
+                write_with(stage / f"{name}.{ext}", lambda p, fig=fig, ext=ext: fig.savefig(p, format=ext, dpi=150))
+        write_json(stage / "summary.json", summary)
+    _print_table(summary, layers, out)
+    return summary
+
+
+def _summary(spec: Preset, cfg: RunConfig, trained, layers) -> dict:
+    depth = spec.depth
+    by_member = [layers[layers["member"] == e].sort_values("layer") for e in range(cfg.members)]
+    weight_ranks = [[int(r) for r in m["rank"]] for m in by_member]
+    act_ranks = [[int(r) for r in m["act_rank"]] for m in by_member]
+    middle = slice(2, depth - 2)  # layers 3..L-2
+    mid_w = sorted({r for ranks in weight_ranks for r in ranks[middle]})
+    mid_a = sorted({r for ranks in act_ranks for r in ranks[middle]})
+    members = trained.summary["members"]
+    checks = {
+        f"middle_weight_ranks_are_{TRUE_RANK}": mid_w == [TRUE_RANK],
+        f"middle_activation_ranks_are_{TRUE_RANK}": mid_a == [TRUE_RANK],
+    }
+    return {
+        "lam": spec.lam_times_depth / depth,
+        "true_rank": TRUE_RANK,
+        "threshold": spec.threshold,
+        "middle_rule": MIDDLE_RULE,
+        "param_norm_sq": [m["param_norm_sq"] for m in members],
+        "param_norm_sq_over_depth": [m["param_norm_sq"] / depth for m in members],
+        "train_mse": [m["mse"] for m in members],
+        "test_mse": [m["test_mse"] for m in members],
+        "weight_ranks": weight_ranks,
+        "act_ranks": act_ranks,
+        "nonlin_impact": [[None if v != v else float(v) for v in m["nonlin_impact"]] for m in by_member],
+        "mid_weight_rank": [ranks[middle_layer(depth) - 1] for ranks in weight_ranks],
+        "middle_weight_ranks": mid_w,
+        "middle_act_ranks": mid_a,
+        "checks": checks,
+        "passed": all(checks.values()),
+    }
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Set torch's thread count to `n` (None: unchanged) for the block, then restore it."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _print_table(summary: dict, layers, out: Path) -> None:
+    """Member 0's per-layer ranks, top singular values and nonlinearity impact, then the headline numbers."""
+    console = Console()
+    table = Table(title=f"Rank recovery (ICLR 2023), depth {len(summary['weight_ranks'][0])}: {out}", box=box.SIMPLE_HEAD)
+    for name in ("ℓ", "rank W", "s₁..s₅ of W_ℓ", "act rank", "nonlin impact"):
+        table.add_column(name, justify="left" if name.startswith("s") else "right")
+    rows = layers[layers["member"] == 0].sort_values("layer")
+    for row, impact in zip(rows.itertuples(), summary["nonlin_impact"][0]):
+        table.add_row(str(row.layer), str(row.rank), " ".join(f"{s:.2f}" for s in row.singular_values[:5]),
+                      str(row.act_rank), "–" if impact is None else f"{impact:.3f}")
+    console.print(table)
+    norms = " ".join(f"{v:.2f}" for v in summary["param_norm_sq_over_depth"])
+    mses = " ".join(f"{v:.3g}" for v in summary["train_mse"])
+    console.print(f"‖θ‖²/L = {norms} (paper ≈ 6)   train mse {mses}   time {summary['wall_time_s']:.0f} s")
+    for name, ok in summary["checks"].items():
+        console.print(f"  {'PASS' if ok else 'FAIL'}  {name}")

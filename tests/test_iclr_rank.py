@@ -1,0 +1,37 @@
+import json
+
+import pandas as pd
+import pytest
+
+from bnrank.errors import ConfigError
+from bnrank.experiments import get_experiment, iclr_rank
+from bnrank.runs import load_run
+
+
+def test_tiny_preset_writes_figures_layers_run_and_summary(tmp_path):
+    out = tmp_path / "iclr"
+    summary = get_experiment("iclr-rank").run("tiny", out, progress=False)
+    for name in ("weights", "activations", "nonlinearity"):
+        for ext in ("png", "svg"):
+            assert (out / f"{name}.{ext}").stat().st_size > 0
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    depth = iclr_rank.PRESETS["tiny"].depth
+    layers = pd.read_parquet(out / "layers.parquet")
+    assert len(layers) == depth
+    assert summary["weight_ranks"] == [layers["rank"].tolist()]
+    assert summary["act_ranks"] == [layers["act_rank"].tolist()]
+    assert summary["mid_weight_rank"] == [layers["rank"].iloc[(depth + 1) // 2 - 1]]
+    assert summary["param_norm_sq_over_depth"][0] == pytest.approx(summary["param_norm_sq"][0] / depth)
+    assert summary["lam"] == pytest.approx(0.05 / depth)
+    assert summary["nonlin_impact"][0][-1] is None and len(summary["nonlin_impact"][0]) == depth
+    assert summary["passed"] == all(summary["checks"].values())
+    run = load_run(out / "run")
+    assert run.config.task.rank == 4 and run.task.d_in == run.task.d_out == 50
+
+
+def test_unknown_preset_and_bad_depth_fail_with_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="known: quick, paper"):
+        iclr_rank.run("huge", tmp_path / "x")
+    with pytest.raises(ConfigError, match="depth must be >= 5"):
+        iclr_rank.run("tiny", tmp_path / "x", depth=4)
+    assert not (tmp_path / "x").exists()
