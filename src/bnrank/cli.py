@@ -6,21 +6,30 @@ exits with code 2; nothing half-written is left behind.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from bnrank.errors import BnrankError
+from bnrank.errors import BnrankError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bottleneck structure of deep L2-regularized networks.")
 err_console = Console(stderr=True)
 console = Console()
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: key.sub=value (repeatable).")]
+DeviceOption = Annotated[Optional[Literal["cpu", "cuda", "auto"]], typer.Option(help="Train on cpu, cuda or auto (cuda when torch sees a GPU); sets the config's device.")]
+DtypeOption = Annotated[Optional[Literal["float32", "float64"]], typer.Option(help="Training precision; sets the config's dtype.")]
+ExecutorOption = Annotated[Literal["local", "ray"], typer.Option(help="Where sweep groups run: local processes, or tasks on a Ray cluster (pip install 'bnrank[ray]').")]
+AddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster: auto (the one this node joined with `ray start`) or HOST:PORT of its head; default $RAY_ADDRESS, else a new local Ray instance.")]
+RayCpusOption = Annotated[Optional[float], typer.Option("--ray-num-cpus", help="CPUs each Ray task (one ensemble group) reserves, also its torch threads (default 1).")]
+RayGpusOption = Annotated[Optional[float], typer.Option("--ray-num-gpus", help="GPUs each Ray task reserves; a fraction packs groups onto a GPU, 0.25: four (default 0).")]
+RayRetriesOption = Annotated[Optional[int], typer.Option("--ray-max-retries", help="Times Ray reruns a task whose worker process died (default 3).")]
 
 
 @app.callback()
@@ -29,8 +38,29 @@ def _root() -> None:
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _device_overrides(device: str | None, dtype: str | None) -> list[str]:
+    """--device / --dtype as config overrides (device=..., dtype=...)."""
+    return [f"{key}={value}" for key, value in (("device", device), ("dtype", dtype)) if value is not None]
+
+
+def _executor(kind: str, address: str | None, num_cpus: float | None, num_gpus: float | None, max_retries: int | None,
+              threads: int | None = None):
+    """The sweep executor the options name: a RayExecutor, or None for the local default.
+    Ray options without --executor ray raise ConfigError."""
+    given = {"--address": address, "--ray-num-cpus": num_cpus, "--ray-num-gpus": num_gpus, "--ray-max-retries": max_retries}
+    if kind == "local":
+        stray = [name for name, value in given.items() if value is not None]
+        if stray:
+            raise ConfigError(f"{stray[0]} is for --executor ray")
+        return None
+    from bnrank.sweep.ray_executor import RayExecutor
+
+    settings = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": max_retries}
+    return RayExecutor(address, threads=threads, **{k: v for k, v in settings.items() if v is not None})
 
 
 @app.command()
@@ -39,14 +69,17 @@ def train(
     set_: SetOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory to write (default runs/<config name>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train an ensemble and write a run directory (config, metrics, checkpoint, summary)."""
     from bnrank.runs import train as train_run
 
     out = out or Path("runs") / config.stem
+    overrides = (set_ or []) + _device_overrides(device, dtype)
     try:
-        run = train_run(config, out=out, overwrite=overwrite, progress=False if quiet else None, overrides=set_ or [])
+        run = train_run(config, out=out, overwrite=overwrite, progress=False if quiet else None, overrides=overrides)
     except BnrankError as err:
         _fail(str(err))
     table = Table(title=f"run {out}  ({run.summary['steps']} steps, {run.summary['wall_time_s']:.1f} s)")
@@ -64,17 +97,39 @@ def reproduce(
     experiment: Annotated[str, typer.Argument(help="Which figure: see `bnrank.experiments.EXPERIMENTS`.")],
     preset: Annotated[str, typer.Option(help="Size preset, e.g. quick or paper.")] = "quick",
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default out/<experiment>-<preset>).")] = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    ray_num_cpus: RayCpusOption = None,
+    ray_num_gpus: RayGpusOption = None,
+    ray_max_retries: RayRetriesOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Reproduce a figure of the papers: figures (PNG, SVG), tables (Parquet) and summary.json."""
+    """Reproduce a figure of the papers: figures (PNG, SVG), tables (Parquet) and summary.json.
+
+    --device/--dtype reach the experiment as run-config overrides (``overrides=["device=cuda"]``)
+    and --executor ray as a RayExecutor (``executor=``), for experiments whose ``run`` takes them.
+    """
     from bnrank.experiments import get_experiment
+    from bnrank.runs import resolve_device
 
     out = out or Path("out") / f"{experiment}-{preset}"
     try:
         module = get_experiment(experiment)
         if preset not in module.PRESETS:
             _fail(f"unknown preset {preset!r} for {experiment} (known: {', '.join(module.PRESETS)})")
-        module.run(preset, out, progress=False if quiet else None)
+        options = {"overrides": _device_overrides(device, dtype),
+                   "executor": _executor(executor, address, ray_num_cpus, ray_num_gpus, ray_max_retries)}
+        options = {name: value for name, value in options.items() if value}
+        accepted = inspect.signature(module.run).parameters
+        flags = {"overrides": "--device/--dtype", "executor": "--executor ray"}
+        for name in options:
+            if name not in accepted:
+                _fail(f"experiment {experiment} does not take {flags[name]}")
+        if device is not None and "executor" not in options:
+            resolve_device(device)  # here, before anything runs: cuda without a GPU fails at once
+        module.run(preset, out, progress=False if quiet else None, **options)
     except BnrankError as err:
         _fail(str(err))
 
@@ -86,14 +141,30 @@ def sweep(
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes; torch threads are split between them.")] = 1,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker (default: cores / workers).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a spec field (trials=4), a grid entry (grid.model.depth=[4,8]) or a base config key (train.lam=0.01); repeatable.")] = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    ray_num_cpus: RayCpusOption = None,
+    ray_num_gpus: RayGpusOption = None,
+    ray_max_retries: RayRetriesOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Run (or resume) a sweep: cells of one shape train as one ensemble; tables go to Parquet."""
+    """Run (or resume) a sweep: cells of one shape train as one ensemble; tables go to Parquet.
+
+    With --executor ray every group is a task on a Ray cluster; the directory is the same, so a
+    sweep started with one executor resumes with the other.
+    """
     from bnrank.sweep import run_sweep
 
     out = out or Path("sweeps") / spec.stem
+    overrides = (set_ or []) + _device_overrides(device, dtype)
     try:
-        result = run_sweep(spec, out, workers=workers, threads=threads, progress=False if quiet else None, overrides=set_ or [])
+        if executor == "ray" and workers != 1:
+            raise ConfigError("--workers is for --executor local (Ray runs as many groups at once as the cluster has room for)")
+        runner = _executor(executor, address, ray_num_cpus, ray_num_gpus, ray_max_retries, threads)
+        result = run_sweep(spec, out, workers=workers, threads=threads, progress=False if quiet else None, overrides=overrides,
+                           executor=runner)
     except BnrankError as err:
         _fail(str(err))
     except KeyboardInterrupt:
@@ -114,6 +185,7 @@ def analyze(
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default RUN_DIR/analysis or CHECKPOINT-analysis).")] = None,
     threshold: Annotated[float, typer.Option(min=0, help="Rank threshold on singular values (relative for activations).")] = 0.1,
     curvature: Annotated[bool, typer.Option(help="Also compute the top NTK and Hessian eigenvalues (Lanczos; slow for large nets).")] = False,
+    device: Annotated[Literal["cpu", "cuda", "auto"], typer.Option(help="Compute on cpu, cuda or auto (cuda when torch sees a GPU); always in float64.")] = "cpu",
 ) -> None:
     """Measure a trained ensemble: layers/points/network Parquet tables and a weight-spectra figure."""
     import numpy as np
@@ -123,6 +195,7 @@ def analyze(
     from bnrank.errors import DataError
     from bnrank.measure import analyze as run_analysis
     from bnrank.plots import layer_table, network_table, plot_weight_spectra
+    from bnrank.runs import resolve_device
     from bnrank.tasks import make_task
 
     if data is not None and task is not None:
@@ -131,6 +204,7 @@ def analyze(
         _fail(f"{path} is a checkpoint: pass its inputs with --data X.npy or --task CONFIG")
     out = out or (path / "analysis" if path.is_dir() else path.with_name(f"{path.stem}-analysis"))
     try:
+        on = resolve_device(device)
         x = y = lam = None
         if data is not None:
             try:
@@ -141,7 +215,7 @@ def analyze(
             cfg = load_run_config(task)
             task_data = make_task(cfg.task)
             x, y, lam = task_data.x_train, task_data.y_train, cfg.train.lam
-        result = run_analysis(path, x, threshold=threshold, Y=y, lam=lam, curvature=curvature)
+        result = run_analysis(path, x, threshold=threshold, Y=y, lam=lam, curvature=curvature, device=on)
         result.to_parquet(out)
         fig = plot_weight_spectra(result.layers, threshold, title=f"Weight spectra of {path.name}")
         for fmt in ("png", "svg"):
@@ -157,7 +231,7 @@ def main() -> None:
     try:
         app()
     except BnrankError as err:  # anything that escaped a command's own handling
-        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
         sys.exit(2)
 
 

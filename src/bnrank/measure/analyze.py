@@ -53,6 +53,7 @@ def analyze(
     *,
     jac_rtol: float | None = None,
     curvature: bool = False,
+    device: torch.device | str | None = None,
 ) -> Analysis:
     """Measure weights, representations, input Jacobians and curvature of every member.
 
@@ -67,8 +68,10 @@ def analyze(
     (default max(d_in, d_out) · float64 eps, numpy.linalg.matrix_rank's rule).
     curvature: also compute ntk_top and hessian_top (two Lanczos runs per member, 10 to 20
     network-sized products each: the slow part, off by default).
+    device: where to compute (default: the model's device; a run directory or checkpoint is
+    loaded on the CPU).
 
-    Everything is computed in float64 on a copy of the parameters, on the model's device; the
+    Everything is computed in float64 on a copy of the parameters, on `device`; the
     SVDs of small matrices run on one CPU thread, the batched products on torch's thread count.
 
     ``layers``, one row per (member, layer ℓ = 1..L):
@@ -98,7 +101,7 @@ def analyze(
         hessian_top = λ_max of the Hessian of (1/N)Σ‖f(x_i) − y_i‖² + λ‖θ‖² (NaN without Y or curvature);
         lam, mse, objective = mse + λ‖θ‖² (NaN without Y).
     """
-    net, x, y, lams = _resolve(model, X, Y, lam)
+    net, x, y, lams = _resolve(model, X, Y, lam, device)
     clock = _Clock()
     W, B = [w.detach() for w in net.weights], [b.detach() for b in net.biases]
     E, L, N = net.members, net.depth, x.shape[0]
@@ -230,15 +233,16 @@ def _arrays(per_layer: Sequence[Tensor]) -> list[np.ndarray]:
 # -- input resolution -------------------------------------------------------------------------------
 
 
-def _resolve(model, X, Y, lam) -> tuple[EnsembleMLP, Tensor, Tensor | None, list[float]]:
-    """(float64 copy of the ensemble, x, y or None, λ per member) from analyze's arguments."""
+def _resolve(model, X, Y, lam, device) -> tuple[EnsembleMLP, Tensor, Tensor | None, list[float]]:
+    """(float64 copy of the ensemble on `device` (None: its own), x, y or None, λ per member)."""
     run_lam = None
     if isinstance(model, (str, Path)):
         model, X, Y, run_lam = _load(Path(model), X, Y)
     if isinstance(model, EnsembleMLP):
-        net = EnsembleMLP([w.detach().to(MEASURE_DTYPE) for w in model.weights], [b.detach().to(MEASURE_DTYPE) for b in model.biases])
+        to = dict(dtype=MEASURE_DTYPE, device=device)
+        net = EnsembleMLP([w.detach().to(**to) for w in model.weights], [b.detach().to(**to) for b in model.biases])
     elif isinstance(model, nn.Module):
-        net = EnsembleMLP.from_sequential(model, dtype=MEASURE_DTYPE)
+        net = EnsembleMLP.from_sequential(model, dtype=MEASURE_DTYPE).to(device)
     else:
         raise ModelError(
             f"cannot analyze a {type(model).__name__}: pass an EnsembleMLP, a torch.nn.Sequential of "

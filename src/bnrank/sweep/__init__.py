@@ -43,13 +43,14 @@ from bnrank.models import EnsembleMLP
 from bnrank.runs import DTYPES, versions
 from bnrank.sweep.executors import LocalExecutor
 from bnrank.sweep.grouping import Group, group_cells
+from bnrank.sweep.ray_executor import RayExecutor
 from bnrank.sweep.spec import Cell, SweepSpec, expand, load_spec
 from bnrank.sweep.store import SweepStore
 from bnrank.sweep.work import GroupResult, run_group
 
 __all__ = [
     "run_sweep", "load_sweep", "SweepResult", "SweepSpec", "Cell", "Group", "GroupResult",
-    "LocalExecutor", "expand", "group_cells", "load_spec", "run_group",
+    "LocalExecutor", "RayExecutor", "expand", "group_cells", "load_spec", "run_group",
 ]
 
 
@@ -110,9 +111,12 @@ def run_sweep(
     Cells `out` already holds are skipped; the rest are grouped, trained with `executor`
     (default ``LocalExecutor(workers, threads)``: `workers` local processes with `threads` torch
     threads each, by default all cores split between the workers, or torch's current setting
-    in-process; any object with ``map(groups) -> Iterator[GroupResult]`` will do)
-    and each finished group is written at once. On an error or Ctrl-C the finished groups are
-    kept and consolidated, then the exception propagates; rerunning resumes. `overrides` are
+    in-process; ``RayExecutor(...)`` runs them on a Ray cluster; any object with
+    ``map(groups) -> Iterator[GroupResult]`` will do, see bnrank.sweep.executors) and each
+    finished group is written at once. The executor's ``check(cells)``, where it has one, runs
+    before anything is written (``device: cuda`` without a GPU fails there, with ConfigError).
+    On an error or Ctrl-C the finished groups are kept and consolidated, then the exception
+    propagates; rerunning resumes (with this executor or another). `overrides` are
     ``key=value`` strings (see `load_spec`). `progress=None` shows a bar when stderr is a
     terminal. Raises ConfigError for a bad spec and StoreError when `out` holds another sweep,
     is in use, or (with ``resume=False``) already has results.
@@ -121,6 +125,8 @@ def run_sweep(
     cells = expand(spec)
     order = {c.cell_id: c.index for c in cells}
     executor = executor or LocalExecutor(workers, threads)
+    if hasattr(executor, "check"):
+        executor.check(cells)
     store = SweepStore(out)
     show = sys.stderr.isatty() if progress is None else progress
     with store.writing(spec, resume=resume):

@@ -3,7 +3,10 @@
 An executor is any object with ``map(groups) -> Iterator[GroupResult]`` that runs the pure
 function `bnrank.sweep.work.run_group` on each group, in any order. Results travel back to the
 caller, which alone writes the sweep directory, so workers never touch the store and a worker
-left running after its parent died cannot write a stale part.
+left running after its parent died cannot write a stale part. An executor may also have
+``check(cells)``, which `run_sweep` calls before it writes anything: it raises ConfigError for
+cells the executor cannot run where it runs them (here: ``device: cuda`` without a GPU).
+`bnrank.sweep.ray_executor.RayExecutor` runs the groups as tasks on a Ray cluster.
 
 `LocalExecutor(workers=1)` runs the groups in this process with torch's current thread count.
 `LocalExecutor(workers=N)` runs them in a pool of N processes, each with ``max(1, cores // N)``
@@ -28,7 +31,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 import torch
 
+from bnrank.runs import resolve_device
 from bnrank.sweep.grouping import Group
+from bnrank.sweep.spec import Cell
 from bnrank.sweep.work import GroupResult, run_group
 
 
@@ -58,6 +63,11 @@ class LocalExecutor:
             raise ValueError(f"workers and threads must be >= 1, got {workers} and {threads}")
         self.workers = workers
         self.threads = threads
+
+    def check(self, cells: Sequence[Cell]) -> None:
+        """Resolve every device the cells name on this machine: ConfigError for cuda without a GPU."""
+        for device in sorted({c.config.device for c in cells}):
+            resolve_device(device)
 
     def map(self, groups: Sequence[Group]) -> Iterator[GroupResult]:
         """Yield one GroupResult per group, in completion order."""

@@ -28,7 +28,7 @@ def layer_balance_errors(model: EnsembleMLP) -> Tensor:
             a, c = _in_out(model, layer)
             cols.append((c - a).abs().sum(1) / (c + a).sum(1).clamp_min(1e-30))
         if not cols:
-            return torch.zeros(model.members, 0, dtype=model.weights[0].dtype)
+            return torch.zeros(model.members, 0, dtype=model.weights[0].dtype, device=model.weights[0].device)
         return torch.stack(cols, 1)
 
 

@@ -136,7 +136,7 @@ def fit(
             opt = make_optimizer(phase, params)
             lr_base = as_vec(per_member(phase.lr, E))
             batch = phase.batch_size
-            perm = torch.randperm(n, generator=gen) if batch else None
+            perm = torch.randperm(n, generator=gen).to(ref.device) if batch else None  # drawn on the CPU: same batches on any device
             cursor = 0
             if step == 0:
                 log(phase_idx, lr_base * lr_factor(phase, 0), lam_base * lam_factor(phase, 0))
@@ -145,8 +145,8 @@ def fit(
                 lam_t = lam_base * lam_factor(phase, t)
                 if batch:
                     if cursor + batch > n:
-                        perm, cursor = torch.randperm(n, generator=gen), 0
-                    idx = perm[cursor : cursor + batch].to(ref.device)
+                        perm, cursor = torch.randperm(n, generator=gen).to(ref.device), 0
+                    idx = perm[cursor : cursor + batch]
                     cursor += batch
                     xb, yb = x[..., idx, :], y[..., idx, :]
                 else:
