@@ -1,10 +1,11 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from bnrank.config import SymmetryTask
+from bnrank.config import SymmetryTask, read_yaml
 from bnrank.errors import ConfigError
 from bnrank.experiments import fig2, get_experiment
 from bnrank.measure.symmetry import count_crossings
@@ -76,3 +77,8 @@ def test_fig2_is_registered_and_rejects_bad_options(tmp_path):
     with pytest.raises(ConfigError, match="task.kind must be 'symmetry'"):
         fig2.run("quick", tmp_path / "d", config=composition)
     assert not any(tmp_path.iterdir())
+
+
+def test_example_config_is_the_quick_preset():
+    example = Path(__file__).parents[1] / "examples" / "fig2-quick-run.yaml"
+    assert read_yaml(example) == fig2.PRESETS["quick"].config
