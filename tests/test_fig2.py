@@ -48,7 +48,8 @@ def tiny_config() -> dict:
 def test_fig2_smoke_writes_figures_and_summary(tmp_path, capsys):
     out = tmp_path / "fig2"
     summary = fig2.run(
-        "quick", out, progress=False, config=tiny_config(), projection_layer=3, orbit_points=12, orbit_samples=3, grid=15, n_paths=10
+        "quick", out, progress=False, overrides=["dtype=float64"], config=tiny_config(),
+        projection_layer=3, orbit_points=12, orbit_samples=3, grid=15, n_paths=10,
     )
     for name in ("fig2a", "fig2b", "fig2c"):
         for ext in ("png", "svg"):
@@ -58,7 +59,7 @@ def test_fig2_smoke_writes_figures_and_summary(tmp_path, capsys):
     for key in ("weight_ranks", "bottleneck_layers", "bottleneck_rule", "orbit_collapse", "path_crossings", "train_mse", "test_mse", "checks", "passed"):
         assert key in summary
     assert len(summary["weight_ranks"]) == 6 and len(summary["orbit_collapse"]) == 6
-    assert summary["n_paths"] == 10 and summary["quotient_crossings"] == 0
+    assert summary["n_paths"] == 10 and summary["quotient_crossings"] == 0 and summary["config"]["dtype"] == "float64"
     assert {"config.yaml", "checkpoint.safetensors", "summary.json"} <= {p.name for p in (out / "run").iterdir()}
     assert "orbit collapse" in capsys.readouterr().out
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bnrank.atomic import staged_dir, write_json, write_with
-from bnrank.config import RunConfig, per_member, validate
+from bnrank.config import RunConfig, override, per_member, validate
 from bnrank.errors import ConfigError
 from bnrank.measure import analyze
 from bnrank.measure.symmetry import count_crossings, orbit_collapse
@@ -108,8 +109,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict:
-    """Train, measure and plot Figure 2 for `preset`; `options` replace fields of the Preset.
+def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequence[str] = (), **options) -> dict:
+    """Train, measure and plot Figure 2 for `preset`; `options` replace fields of the Preset and
+    `overrides` (``key=value``, as ``--set``) change its run config, e.g. ``["device=cuda"]``.
+    The measurements run on the CPU in float64 whatever the training device and dtype.
 
     Returns the summary written to ``summary.json``:
         weight_ranks: # singular values > threshold of every W_ℓ, layer 1 first;
@@ -130,7 +133,7 @@ def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict
         spec = dataclasses.replace(PRESETS[preset], **options)
     except TypeError as err:
         raise ConfigError(f"fig2: {err}") from None
-    cfg = validate(RunConfig, spec.config, source=f"fig2 preset {preset!r}")
+    cfg = validate(RunConfig, override(spec.config, list(overrides)), source=f"fig2 preset {preset!r}")
     depth = cfg.model.depth
     if cfg.task.kind != "symmetry":
         raise ConfigError(f"fig2 preset {preset!r}: task.kind must be 'symmetry', got {cfg.task.kind!r}")
@@ -158,7 +161,7 @@ def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict
 def _measure(spec: Preset, trained) -> dict:
     """All measurements and figures of one trained run: {"summary", "layers", "figures"}."""
     cfg, task = trained.config, trained.task
-    net = trained.model.select([0]).double()
+    net = trained.model.select([0]).to(device="cpu", dtype=torch.float64)
     dynamics = RotationDynamics.from_config(cfg.task)
     gen = torch.Generator().manual_seed(spec.seed)
     lam = per_member(cfg.train.lam, cfg.members)[0]
