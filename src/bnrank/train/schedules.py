@@ -45,8 +45,10 @@ def top_hessian_eigenvalue(model, x: Tensor, y: Tensor, lam: Tensor, iters: int 
 
     Power iteration on Hessian-vector products (autograd double backward), one batched product
     per iteration for all members: the objective is a sum over members, so its Hessian is block
-    diagonal and each member's block is iterated with its own normalization. Returns the last
-    Rayleigh quotient, which approaches the eigenvalue of largest magnitude from below; a cheap
+    diagonal and each member's block is iterated with its own normalization. Returns ‖Hv‖ for
+    the last unit iterate v: it approaches max |eigenvalue| from below, is never below the
+    Rayleigh quotient |vᵀHv|, and is not fooled by large negative eigenvalues far from a
+    minimum (where the Rayleigh quotient of a mixed-sign iterate can be small). A cheap
     step-size estimate, not a measurement (bnrank.measure.curvature has the Lanczos one).
     """
     from bnrank.train.objective import objective
@@ -66,7 +68,7 @@ def top_hessian_eigenvalue(model, x: Tensor, y: Tensor, lam: Tensor, iters: int 
         grads = torch.autograd.grad(obj.sum(), params, create_graph=True)
         for _ in range(iters):
             hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
-            eig = sum((a * b).flatten(1).sum(1) for a, b in zip(hv, v))
+            eig = sum(t.square().flatten(1).sum(1) for t in hv).sqrt()
             v = normalized([t.detach() for t in hv])
     return eig.detach()
 

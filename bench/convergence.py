@@ -1,0 +1,139 @@
+"""Convergence to the regularized minimum: the default recipe vs plain Adam (issue 2 item 10).
+
+For each depth L and λ: an ensemble of E members on the rank-2 composition task trained with
+`bnrank.train.recipe` (Adam with λ annealed from above → heavy-ball GD at lr = c / top Hessian
+eigenvalue → polish with the stop rule), then plain Adam (He init, constant λ, lr 3e-3·min(1, 8/L)
+cosine to 0) for the same number of steps. Reported per member: steps and seconds, whether the
+stop rule fired, the first step at which the stop rule holds for relative tolerances 1e-4 and
+1e-5 (evaluated on the logged history exactly as the trainer does, from the polish phase on),
+final objective, MSE, ‖θ‖², balancedness error, middle-layer rank (# singular values of
+W_⌈L/2⌉ above 0.1) and its top 5 singular values.
+
+    .venv/bin/python bench/convergence.py                       # L 8, 16 × λ 1e-3, 1e-2, E = 2
+    .venv/bin/python bench/convergence.py --depths 8 --lams 0.001 --no-baseline
+    .venv/bin/python bench/convergence.py --width 100 --n-train 500   # the task's default sizes
+
+Run it alone (one process, one thread: the machine is shared); prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+
+import bnrank
+from bnrank.train.recipe import apply_recipe, default_train_config, middle_layer
+
+
+def base_config(depth: int, lam: float, args) -> dict:
+    return {
+        "seed": args.seed, "members": args.members,
+        "task": {"kind": "composition", "rank": 2, "n_train": args.n_train, "n_test": 0,
+                 "hidden": 100, "g_scale": args.g_scale},
+        "model": {"depth": depth, "width": args.width},
+        "train": {"lam": lam, "log_every": args.log_every},
+    }
+
+
+def first_hit(metrics, rel_tol: float, window: int, balance_tol: float, from_step: int) -> list[int | None]:
+    """Per member: the first logged step ≥ from_step + window at which the objective changed by
+    less than rel_tol (relative) since the last logged step ≤ step − window and the balance
+    error is below balance_tol (the trainer's stop rule, evaluated per member)."""
+    out = []
+    for _, g in metrics.sort_values("step").groupby("member"):
+        steps, obj, bal = g.step.tolist(), g.objective.tolist(), g.balance_error.tolist()
+        hit = None
+        for i, s in enumerate(steps):
+            if s < from_step + window:
+                continue
+            past = [j for j in range(i) if steps[j] <= s - window]
+            if not past:
+                continue
+            j = past[-1]
+            if abs(obj[i] - obj[j]) / max(abs(obj[i]), 1e-30) < rel_tol and bal[i] < balance_tol:
+                hit = s
+                break
+        out.append(hit)
+    return out
+
+
+def middle_spectrum(model, depth: int) -> torch.Tensor:
+    w = model.weights[middle_layer(depth) - 1].detach().double()
+    return torch.linalg.svdvals(w)  # (E, min(out, in)), descending
+
+
+def describe(run, depth: int, kind: str, from_step: int | None, window: int, balance_tol: float) -> list[dict]:
+    m = run.metrics
+    last = m[m.step == m.step.max()].sort_values("member")
+    sv = middle_spectrum(run.model, depth)
+    hits = {tol: first_hit(m, tol, window, balance_tol, from_step) if from_step is not None else [None] * run.model.members
+            for tol in (1e-4, 1e-5)}
+    rows = []
+    for e, r in enumerate(last.itertuples()):
+        rows.append({
+            "kind": kind, "depth": depth, "lam": r.lam, "member": e, "steps": int(run.summary["steps"]),
+            "seconds": round(run.summary["wall_time_s"], 1), "stopped": run.summary["stopped_early"],
+            "hit_1e-4": hits[1e-4][e], "hit_1e-5": hits[1e-5][e],
+            "objective": r.objective, "mse": r.mse, "param_norm_sq": r.param_norm_sq, "balance": r.balance_error,
+            "rank": int((sv[e] > 0.1).sum()), "top_sv": [round(v, 3) for v in sv[e, :5].tolist()],
+            "diverged": bool(r.diverged),
+        })
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--depths", type=int, nargs="+", default=[8, 16])
+    ap.add_argument("--lams", type=float, nargs="+", default=[1e-3, 1e-2])
+    ap.add_argument("--members", type=int, default=2)
+    ap.add_argument("--width", type=int, default=50)
+    ap.add_argument("--n-train", type=int, default=200)
+    ap.add_argument("--g-scale", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log-every", type=int, default=200)
+    ap.add_argument("--rel-tol", type=float, default=None, help="stop rule tolerance (default: the recipe's)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the rows to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = []
+    for depth in args.depths:
+        for lam in args.lams:
+            kw = {} if args.rel_tol is None else {"rel_tol": args.rel_tol}
+            cfg = apply_recipe(base_config(depth, lam, args), **kw)
+            tc = default_train_config(depth, lam, **kw)
+            polish_from = tc.phases[0].steps + tc.phases[1].steps
+            run = bnrank.train(cfg, progress=False)
+            rows += describe(run, depth, "recipe", polish_from, tc.stop.window, tc.stop.balance_tol)
+            print(json.dumps(rows[-1]), flush=True)
+            if not args.no_baseline:
+                steps = int(run.summary["steps"])
+                base = base_config(depth, lam, args)
+                base["train"]["phases"] = [{"optimizer": "adam", "steps": steps, "lr": 3e-3 * min(1.0, 8 / depth),
+                                            "schedule": "cosine"}]
+                brun = bnrank.train(base, progress=False)
+                rows += describe(brun, depth, "adam", None, tc.stop.window, tc.stop.balance_tol)
+                print(json.dumps(rows[-1]), flush=True)
+
+    print()
+    print("| run | L | λ | member | steps | s | stop rule fired | rule 1e-4 at | rule 1e-5 at | objective | MSE | ‖θ‖² | balance | mid rank | top 5 s.v. of W_mid |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        fmt = lambda v: "—" if v is None else str(v)  # noqa: E731
+        print(f"| {r['kind']} | {r['depth']} | {r['lam']:g} | {r['member']} | {r['steps']} | {r['seconds']} | "
+              f"{'yes' if r['stopped'] else 'no'} | {fmt(r['hit_1e-4'])} | {fmt(r['hit_1e-5'])} | {r['objective']:.5f} | "
+              f"{r['mse']:.4f} | {r['param_norm_sq']:.2f} | {100 * r['balance']:.2f}% | {r['rank']} | "
+              f"{', '.join(f'{v:.2f}' for v in r['top_sv'])} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
