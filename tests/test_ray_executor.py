@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from bnrank.cli import app
 from bnrank.errors import ConfigError
-from bnrank.sweep import LocalExecutor, RayExecutor, load_sweep, run_sweep
+from bnrank.sweep import LocalExecutor, RayExecutor, expand, group_cells, load_spec, load_sweep, run_sweep
 from bnrank.sweep.store import SweepStore
 from conftest import tiny_config
 
@@ -158,6 +158,14 @@ def test_check_refuses_what_the_cluster_cannot_run_before_writing(cluster, tmp_p
     with pytest.raises(ConfigError, match="asks for 3 CPU but the cluster has 2"):
         run_sweep(spec(), tmp_path / "c", executor=RayExecutor(num_cpus=3), progress=False)
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+@pytest.mark.ray
+def test_an_error_raised_in_a_group_propagates_as_itself(cluster):
+    """A task granted no GPU sees none (even on a GPU machine), so device 'cuda' fails in run_group."""
+    groups = group_cells(expand(load_spec(spec(base=spec()["base"] | {"device": "cuda"}))), max_members=2)
+    with pytest.raises(ConfigError, match="torch sees no CUDA device"):
+        list(RayExecutor().map(groups))
 
 
 @pytest.mark.parametrize(
