@@ -9,6 +9,7 @@ from bnrank.config import SymmetryTask, read_yaml
 from bnrank.errors import ConfigError
 from bnrank.experiments import fig2, get_experiment
 from bnrank.measure.symmetry import count_crossings
+from bnrank.runs import load_run
 from bnrank.tasks.symmetry import RotationDynamics
 
 
@@ -56,11 +57,13 @@ def test_fig2_smoke_writes_figures_and_summary(tmp_path, capsys):
             assert (out / f"{name}.{ext}").stat().st_size > 0
     assert (out / "layers.parquet").is_file()
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
-    for key in ("weight_ranks", "bottleneck_layers", "bottleneck_rule", "orbit_collapse", "path_crossings", "train_mse", "test_mse", "checks", "passed"):
+    keys = ("weight_ranks", "bottleneck_layers", "bottleneck_rule", "orbit_collapse", "bottleneck_orbit_collapse_max",
+            "path_crossings", "train_mse", "test_mse", "checks", "passed")
+    for key in keys:
         assert key in summary
     assert len(summary["weight_ranks"]) == 6 and len(summary["orbit_collapse"]) == 6
     assert summary["n_paths"] == 10 and summary["quotient_crossings"] == 0 and summary["config"]["dtype"] == "float64"
-    assert {"config.yaml", "checkpoint.safetensors", "summary.json"} <= {p.name for p in (out / "run").iterdir()}
+    assert load_run(out / "run").model.depth == 6
     assert "orbit collapse" in capsys.readouterr().out
 
 

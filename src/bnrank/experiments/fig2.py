@@ -119,6 +119,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
         bottleneck_layers (1-based), bottleneck_rank, bottleneck_rule: see BOTTLENECK_RULE;
         orbit_collapse: per layer (α_1..α_L), mean distance between representations of points on
         one orbit ÷ mean distance between points on different orbits (`orbit_collapse`);
+        bottleneck_orbit_collapse_max: its largest value in the bottleneck (None without one);
         path_crossings: crossings between the projected path images at projection_layer;
         quotient_crossings: the same for the exact invariants (h, r) of the paths (0 means the
         chosen paths do not cross in the true 2-d quotient);
@@ -197,10 +198,10 @@ def _measure(spec: Preset, trained) -> dict:
     distance = (alpha[1:] - alpha[0]).norm(dim=-1).reshape(spec.grid, spec.grid).numpy()
 
     member = trained.summary["members"][0]
-    in_bottleneck = collapse[[layer - 1 for layer in bottleneck]] if bottleneck else collapse[:0]
+    worst = max((float(collapse[layer - 1]) for layer in bottleneck), default=None)
     checks = {
         f"bottleneck_rank_is_{TRUE_RANK}_and_contains_the_middle_layer": k == TRUE_RANK and (cfg.model.depth + 1) // 2 in bottleneck,
-        f"bottleneck_orbit_collapse_below_{spec.collapse_max:g}": bool(len(in_bottleneck)) and float(in_bottleneck.max()) < spec.collapse_max,
+        f"bottleneck_orbit_collapse_below_{spec.collapse_max:g}": worst is not None and worst < spec.collapse_max,
         "no_path_crossings": crossings == 0,
     }
     summary = {
@@ -210,6 +211,7 @@ def _measure(spec: Preset, trained) -> dict:
         "bottleneck_rule": BOTTLENECK_RULE,
         "threshold": spec.threshold,
         "orbit_collapse": collapse.tolist(),
+        "bottleneck_orbit_collapse_max": worst,
         "path_crossings": crossings,
         "quotient_crossings": quotient_crossings,
         "projection_layer": p,

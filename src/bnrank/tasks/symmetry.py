@@ -15,9 +15,10 @@ standardized per coordinate with the training set's mean and std.
 Why these targets (ours): rotations R about w commute with gradient descent on V (∇V(Rx) = R∇V(x)),
 so y(Rx) = y(x) exactly and y factors through the 2-d quotient R³/G ≅ {(h, r): r ≥ 0}; its
 bottleneck rank is 2. Both quotient coordinates appear in the targets with equal weight after
-standardization, so the rank is plainly 2, not nearly 1 (as it can be for the values V(x_t), which
-quickly become one-dimensional as paths converge). r = ‖P⊥x‖ is positively homogeneous, which a
-ReLU network represents cheaply (r² would be quadratic).
+standardization, so the rank is plainly 2; the other option of theory.md, the values V(x_t), sees
+the second coordinate only through how V changes along the path, and can be nearly rank 1.
+r = ‖P⊥x‖ is positively homogeneous, which a ReLU network represents cheaply (r² would be
+quadratic).
 
 Inputs are not standardized: a per-coordinate rescaling would break the rotation symmetry. They
 are drawn uniform in the ball of radius `scale` ("ball") or N(0, scale² I) ("gaussian").
