@@ -44,7 +44,11 @@ def parts_snapshot(out: Path) -> dict[str, tuple[int, bytes]]:
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_groups_members_equal_their_cells_trained_alone(dtype):
     base = spec()["base"] | {"dtype": dtype}
-    base["train"]["phases"] = [{"optimizer": "adam", "steps": 20, "lr": 0.01}, {"optimizer": "gd", "steps": 10, "lr": 0.05}]
+    base["train"]["phases"] = [
+        {"optimizer": "adam", "steps": 20, "lr": 0.01}, {"optimizer": "gd", "steps": 10, "lr": 0.05},
+        {"optimizer": "gd", "steps": 30, "lr_sharpness": 1.0, "momentum": 0.9},
+    ]
+    base["train"]["stop"] = {"window": 10, "rel_tol": 1e-3, "balance_tol": 0.5, "min_steps": 30}
     grid = {"train.lam": [0.01, 0.001], "model.init_scale": [1.0, 0.5], "train.phases.1.lr": [0.05, 0.02]}
     cells = expand(load_spec(spec(base=base, grid=grid)))
     [group] = group_cells(cells, max_members=64)

@@ -117,14 +117,13 @@ def test_the_shipped_tiny_example_is_eight_cells_in_two_ensembles():
     assert [g.members for g in groups] == [4, 4]
 
 
-def test_cells_whose_settings_couple_members_train_alone_unless_batch_coupled():
+def test_only_momentum_auto_couples_members_and_such_cells_train_alone_unless_batch_coupled():
     base = spec()["base"]
     base["train"]["stop"] = {"window": 10}
+    base["train"]["phases"].append({"optimizer": "gd", "lr_sharpness": 1.0, "steps": 5})
+    assert not coupling(expand(load_spec(spec(base=base)))[0])  # stop rule, lr_sharpness: per member
+    base["train"]["phases"].append({"optimizer": "gd", "momentum": "auto", "lr": 0.01, "steps": 5})
     cells = expand(load_spec(spec(base=base)))
-    assert coupling(cells[0]) == ["train.stop"]
+    assert coupling(cells[0]) == ["train.phases.2.momentum"]
     assert [g.members for g in group_cells(cells, max_members=64)] == [1] * 12
     assert [g.members for g in group_cells(cells, max_members=64, batch_coupled=True)] == [6, 6]
-    assert not coupling(expand(load_spec(spec()))[0])
-    base = spec()["base"]
-    base["train"]["phases"].append({"optimizer": "gd", "momentum": "auto", "lr": 0.01, "steps": 5})
-    assert coupling(expand(load_spec(spec(base=base)))[0]) == ["train.phases.1.momentum"]

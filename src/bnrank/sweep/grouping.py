@@ -17,13 +17,13 @@ the batches it would see alone.
 
 So a member's training is exactly its cell's training alone, whatever cells it is batched
 with: a cell's results depend on its config only, which is what makes resuming (where the
-remaining cells are regrouped) and rerunning exact. Three trainer settings currently couple the
-members of an ensemble, and a cell using one of them trains in a group of its own unless the spec
-sets ``batch_coupled: true`` (faster; its results then depend on its group mates):
+remaining cells are regrouped) and rerunning exact. (The stop rule freezes each member on its
+own, and `lr_sharpness` estimates each member's curvature from the same start vector, so neither
+couples members.) One trainer setting couples the members of an ensemble, and a cell using it
+trains in a group of its own unless the spec sets ``batch_coupled: true`` (faster; its results
+then depend on its group mates):
 
-    train.stop                `fit` stops a group only when all its live members have converged
     phases.N.momentum: auto   one μ for the ensemble, set by the member with the smallest λ·lr
-    phases.N.lr_sharpness     power iteration from one random start drawn for the whole ensemble
 
 A shape class larger than `max_members` is split into near-equal chunks (10 cells with
 max_members 8 → 5 + 5), so the slowest group is as short as it can be.
@@ -75,12 +75,8 @@ def _stochastic(cell: Cell) -> bool:
 
 def coupling(cell: Cell) -> list[str]:
     """The settings of the cell's config that couple ensemble members (see module doc)."""
-    train = cell.config.train
-    found = ["train.stop"] if train.stop is not None else []
-    for i, phase in enumerate(train.phases):
-        found += [f"train.phases.{i}.momentum"] if phase.momentum == "auto" else []
-        found += [f"train.phases.{i}.lr_sharpness"] if phase.lr_sharpness is not None else []
-    return found
+    phases = cell.config.train.phases
+    return [f"train.phases.{i}.momentum" for i, phase in enumerate(phases) if phase.momentum == "auto"]
 
 
 def shape_key(cell: Cell, batch_coupled: bool = False) -> str:

@@ -55,7 +55,9 @@ def top_hessian_eigenvalue(model, x: Tensor, y: Tensor, lam: Tensor, iters: int 
 
     params = list(model.parameters())
     gen = torch.Generator().manual_seed(seed)
-    v = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in params]
+    # one start vector of a member's shape, the same for every member: a member's estimate does
+    # not depend on the ensemble it is trained in
+    v = [torch.randn(p.shape[1:], generator=gen, dtype=torch.float64).to(p).expand_as(p) for p in params]
 
     def normalized(vs):
         norm = sum(t.square().flatten(1).sum(1) for t in vs).sqrt().clamp_min(1e-30)
@@ -77,7 +79,8 @@ def resolve_phase(phase, model, x: Tensor, y: Tensor, lam: Tensor):
     """The phase with curvature-scaled settings made concrete at the current parameters.
 
     `lr_sharpness = c` → lr = c / h_max per member (h_max from `top_hessian_eigenvalue`, at the
-    phase's starting λ); `momentum = "auto"` → μ = (1 − √(2λ·lr))² for the member with the
+    phase's starting λ; a member whose h_max is not finite and positive keeps `phase.lr`), so a
+    member's lr does not depend on its ensemble; `momentum = "auto"` → μ = (1 − √(2λ·lr))² for the member with the
     smallest λ·lr, clipped to MOMENTUM_RANGE. A phase without either is returned unchanged.
     lam: (E,) target λ of every member.
     """
@@ -89,10 +92,8 @@ def resolve_phase(phase, model, x: Tensor, y: Tensor, lam: Tensor):
         lam_start = lam * lam_factor(phase, 0)
         h = top_hessian_eigenvalue(model, x, y, lam_start, iters=phase.sharpness_iters).double().cpu()
         h = torch.where(torch.isfinite(h) & (h > 0), h, torch.full_like(h, float("nan")))
-        lr = phase.lr_sharpness / h
-        # a member whose curvature is unusable (non-finite or ≤ 0) gets the smallest finite lr
-        fallback = lr[torch.isfinite(lr)].min() if torch.isfinite(lr).any() else torch.tensor(1e-3, dtype=torch.float64)
-        lr = torch.where(torch.isfinite(lr), lr, fallback)
+        # a member whose curvature is unusable (non-finite or ≤ 0) keeps the phase's own lr
+        lr = torch.where(torch.isfinite(h), phase.lr_sharpness / h, lr)
         update["lr"] = lr.tolist()
     if phase.momentum == "auto":
         lam_cpu = lam.detach().double().cpu()
