@@ -163,7 +163,7 @@ def test_check_refuses_what_the_cluster_cannot_run_before_writing(cluster, tmp_p
 @pytest.mark.ray
 def test_an_error_raised_in_a_group_propagates_as_itself(cluster):
     """A task granted no GPU sees none (even on a GPU machine), so device 'cuda' fails in run_group."""
-    groups = group_cells(expand(load_spec(spec(base=spec()["base"] | {"device": "cuda"}))), max_members=2)
+    groups = group_cells(expand(load_spec(spec(base=spec()["base"] | {"device": "cuda"}, grid={}))), max_members=2)
     with pytest.raises(ConfigError, match="torch sees no CUDA device"):
         list(RayExecutor().map(groups))
 
