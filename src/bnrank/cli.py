@@ -25,7 +25,7 @@ console = Console()
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: key.sub=value (repeatable).")]
 DeviceOption = Annotated[Optional[Literal["cpu", "cuda", "auto"]], typer.Option(help="Train on cpu, cuda or auto (cuda when torch sees a GPU); sets the config's device.")]
 DtypeOption = Annotated[Optional[Literal["float32", "float64"]], typer.Option(help="Training precision; sets the config's dtype.")]
-ExecutorOption = Annotated[Literal["local", "ray"], typer.Option(help="Where sweep groups run: local processes, or tasks on a Ray cluster (pip install 'bnrank[ray]').")]
+ExecutorOption = Annotated[Literal["local", "ray"], typer.Option(help="Where sweep groups run: local processes, or tasks on a Ray cluster (pip install 'bnrank\\[ray]').")]
 AddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster: auto (the one this node joined with `ray start`) or HOST:PORT of its head; default $RAY_ADDRESS, else a new local Ray instance.")]
 RayCpusOption = Annotated[Optional[float], typer.Option("--ray-num-cpus", help="CPUs each Ray task (one ensemble group) reserves, also its torch threads (default 1).")]
 RayGpusOption = Annotated[Optional[float], typer.Option("--ray-num-gpus", help="GPUs each Ray task reserves; a fraction packs groups onto a GPU, 0.25: four (default 0).")]
@@ -108,8 +108,8 @@ def reproduce(
 ) -> None:
     """Reproduce a figure of the papers: figures (PNG, SVG), tables (Parquet) and summary.json.
 
-    --device/--dtype reach the experiment as run-config overrides (``overrides=["device=cuda"]``)
-    and --executor ray as a RayExecutor (``executor=``), for experiments whose ``run`` takes them.
+    --device/--dtype reach the experiment as run-config overrides (its run's `overrides`) and
+    --executor ray as a Ray executor for its sweeps (its run's `executor`), where it takes them.
     """
     from bnrank.experiments import get_experiment
     from bnrank.runs import resolve_device
