@@ -40,7 +40,7 @@ def test_path_starts_lie_on_the_circles_and_do_not_cross_in_the_quotient():
 
 
 def tiny_config() -> dict:
-    cfg = fig2._config(depth=6, width=12, lam=1e-3, n_train=48, adam_steps=60, adam_lr=3e-3, gd_steps=10)
+    cfg = fig2._config(depth=6, width=12, lam=1e-3, n_train=48, adam_steps=60, descent_steps=10, polish_steps=10)
     cfg["task"]["n_test"] = 24
     cfg["task"]["path_length"] = 4
     return cfg
@@ -69,7 +69,8 @@ def test_fig2_smoke_writes_figures_and_summary(tmp_path, capsys):
 
 def test_fig2_is_registered_and_rejects_bad_options(tmp_path):
     assert get_experiment("fig2") is fig2 and {"quick", "paper"} <= set(fig2.PRESETS)
-    assert fig2.PRESETS["paper"].config["model"] == {"depth": 25, "width": 200}
+    model = fig2.PRESETS["paper"].config["model"]
+    assert (model["depth"], model["width"]) == (25, 200)
     assert fig2.PRESETS["paper"].config["train"]["lam"] == 2e-4
     with pytest.raises(ConfigError, match="unknown preset"):
         fig2.run("huge", tmp_path / "a")

@@ -42,6 +42,7 @@ from bnrank.plots.fig2 import plot_orbit_distance, plot_path_images
 from bnrank.plots.spectra import plot_weight_spectra
 from bnrank.runs import train
 from bnrank.tasks.symmetry import TRUE_RANK, RotationDynamics, sample_inputs
+from bnrank.train.recipe import apply_recipe
 
 BOTTLENECK_RULE = (
     "k = the smallest rank (# singular values > threshold) among the interior weight matrices "
@@ -78,34 +79,28 @@ class Preset:
     seed: int = 0
 
 
-def _config(depth: int, width: int, lam: float, n_train: int, adam_steps: int, adam_lr: float, gd_steps: int) -> dict:
-    """A symmetry-task run: Adam (cosine lr, λ annealed from 10λ over the first half), then
-    heavy-ball GD at a curvature-scaled step with critically damped momentum."""
-    return {
+def _config(depth: int, width: int, lam: float, n_train: int, **recipe) -> dict:
+    """A symmetry-task run trained by the default recipe (`bnrank.train.recipe.apply_recipe`:
+    Adam with λ annealed from above, then heavy-ball GD at curvature-scaled steps, then a polish
+    with the stop rule); `recipe` goes to `default_train_config` (e.g. phase lengths)."""
+    config = {
         "seed": 0,
         "members": 1,
         "task": {"kind": "symmetry", "axis": [0.0, 0.0, 1.0], "kappa": 0.5, "step": 0.1, "path_length": 10,
                  "n_train": n_train, "n_test": 500, "distribution": "ball", "scale": 1.5, "seed": 0},
         "model": {"depth": depth, "width": width},
-        "train": {
-            "lam": lam,
-            "log_every": 500,
-            "phases": [
-                {"optimizer": "adam", "steps": adam_steps, "lr": adam_lr, "schedule": "cosine",
-                 "lam_factor_start": 10.0, "lam_anneal_fraction": 0.5},
-                {"optimizer": "gd", "steps": gd_steps, "lr_sharpness": 1.0, "momentum": "auto"},
-            ],
-        },
+        "train": {"lam": lam, "log_every": 500},
     }
+    return apply_recipe(config, **recipe)
 
 
 PRESETS: dict[str, Preset] = {
-    # Measured: 200 s of CPU time on one core (7 min wall on a busy shared 2-core machine);
-    # bottleneck = layers 5-20 of rank 2, orbit collapse there <= 0.011, no path crossings.
-    "quick": Preset(config=_config(depth=25, width=64, lam=3e-3, n_train=300, adam_steps=12000, adam_lr=3e-3, gd_steps=8000)),
-    # The paper's network (depth 25, width 200, λ = 0.0002): 60k steps at ~0.08 s each on one
-    # CPU core (~80 min). Not yet run to the end: its step counts are an estimate.
-    "paper": Preset(config=_config(depth=25, width=200, lam=2e-4, n_train=500, adam_steps=40000, adam_lr=1e-3, gd_steps=20000)),
+    # Measured: see the issue note (CPU time, ranks, orbit collapse, crossings); phases shortened
+    # from the recipe's depth-25 defaults to fit 15 minutes on 2 cores.
+    "quick": Preset(config=_config(depth=25, width=64, lam=3e-3, n_train=300, adam_steps=10000, descent_steps=6000, polish_steps=4000)),
+    # The paper's network (depth 25, width 200, λ = 0.0002) with the recipe's default phases for
+    # its depth (up to 75k steps at ~0.08 s each on one CPU core). Not yet run to the end here.
+    "paper": Preset(config=_config(depth=25, width=200, lam=2e-4, n_train=500)),
 }
 
 
@@ -226,7 +221,10 @@ def _measure(spec: Preset, trained) -> dict:
     }
     background = ((reference - mean) @ vt[:2].T).numpy()
     figures = {
-        "fig2a": _clip_small(plot_weight_spectra(layers, threshold=spec.threshold, title=f"Weight spectra: {k} outliers in the bottleneck (layers {_span(bottleneck)})")),
+        "fig2a": _clip_small(
+            plot_weight_spectra(layers, threshold=spec.threshold, title=f"Weight spectra: {k} outliers in the bottleneck (layers {_span(bottleneck)})"),
+            largest=max(float(sv[0]) for sv in layers["singular_values"]),
+        ),
         "fig2b": plot_path_images(list(curves), background, layer=p, crossings=crossings),
         "fig2c": plot_orbit_distance(distance, extent, spec.x0, layer=q),
     }
@@ -266,10 +264,10 @@ def path_starts(dynamics: RotationDynamics, n: int, radii: tuple[float, ...], ge
     return hr[:, :1] * dynamics.axis + hr[:, 1:] * across
 
 
-def _clip_small(fig, bottom: float = 1e-4):
-    """Start the log axis at `bottom`: dead neurons leave singular values down to ~1e-40, which
-    would squash the outliers against the top of the panel."""
-    fig.axes[0].set_ylim(bottom=bottom)
+def _clip_small(fig, largest: float, bottom: float = 1e-4):
+    """Show singular values from `bottom` to a little above the `largest`: dead neurons leave
+    singular values down to ~1e-40, which would squash the outliers against the top."""
+    fig.axes[0].set_ylim(bottom, 2 * largest)
     return fig
 
 
