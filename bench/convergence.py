@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import time
+import os
 
 import torch
 
@@ -72,12 +71,17 @@ def describe(run, depth: int, kind: str, from_step: int | None, window: int, bal
     sv = middle_spectrum(run.model, depth)
     hits = {tol: first_hit(m, tol, window, balance_tol, from_step) if from_step is not None else [None] * run.model.members
             for tol in (1e-4, 1e-5)}
+    final_rel = []
+    for _, g in m.sort_values("step").groupby("member"):
+        steps, obj = g.step.tolist(), g.objective.tolist()
+        past = [j for j, s in enumerate(steps) if s <= steps[-1] - window]
+        final_rel.append(abs(obj[-1] - obj[past[-1]]) / abs(obj[-1]) if past else None)
     rows = []
     for e, r in enumerate(last.itertuples()):
         rows.append({
             "kind": kind, "depth": depth, "lam": r.lam, "member": e, "steps": int(run.summary["steps"]),
             "seconds": round(run.summary["wall_time_s"], 1), "stopped": run.summary["stopped_early"],
-            "hit_1e-4": hits[1e-4][e], "hit_1e-5": hits[1e-5][e],
+            "hit_1e-4": hits[1e-4][e], "hit_1e-5": hits[1e-5][e], "final_rel_change": final_rel[e],
             "objective": r.objective, "mse": r.mse, "param_norm_sq": r.param_norm_sq, "balance": r.balance_error,
             "rank": int((sv[e] > 0.1).sum()), "top_sv": [round(v, 3) for v in sv[e, :5].tolist()],
             "diverged": bool(r.diverged),
@@ -122,12 +126,14 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
 
     print()
-    print("| run | L | λ | member | steps | s | stop rule fired | rule 1e-4 at | rule 1e-5 at | objective | MSE | ‖θ‖² | balance | mid rank | top 5 s.v. of W_mid |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print(f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print("| run | L | λ | member | steps | s | stop rule fired | rule 1e-4 at | rule 1e-5 at | last rel. change / window | objective | MSE | ‖θ‖² | balance | mid rank | top 5 s.v. of W_mid |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         fmt = lambda v: "—" if v is None else str(v)  # noqa: E731
         print(f"| {r['kind']} | {r['depth']} | {r['lam']:g} | {r['member']} | {r['steps']} | {r['seconds']} | "
-              f"{'yes' if r['stopped'] else 'no'} | {fmt(r['hit_1e-4'])} | {fmt(r['hit_1e-5'])} | {r['objective']:.5f} | "
+              f"{'yes' if r['stopped'] else 'no'} | {fmt(r['hit_1e-4'])} | {fmt(r['hit_1e-5'])} | "
+              f"{'—' if r['final_rel_change'] is None else format(r['final_rel_change'], '.1e')} | {r['objective']:.5f} | "
               f"{r['mse']:.4f} | {r['param_norm_sq']:.2f} | {100 * r['balance']:.2f}% | {r['rank']} | "
               f"{', '.join(f'{v:.2f}' for v in r['top_sv'])} |")
     if args.json:
