@@ -21,6 +21,7 @@ def test_tiny_preset_writes_figures_layers_run_and_summary(tmp_path):
     assert summary["weight_ranks"] == [layers["rank"].tolist()]
     assert summary["act_ranks"] == [layers["act_rank"].tolist()]
     assert summary["mid_weight_rank"] == [layers["rank"].iloc[(depth + 1) // 2 - 1]]
+    assert summary["mid_act_rank"] == [layers["act_rank"].iloc[(depth + 1) // 2 - 1]]
     assert summary["param_norm_sq_over_depth"][0] == pytest.approx(summary["param_norm_sq"][0] / depth)
     assert summary["lam"] == pytest.approx(0.05 / depth)
     assert summary["nonlin_impact"][0][-1] is None and len(summary["nonlin_impact"][0]) == depth
@@ -32,6 +33,6 @@ def test_tiny_preset_writes_figures_layers_run_and_summary(tmp_path):
 def test_unknown_preset_and_bad_depth_fail_with_one_line(tmp_path):
     with pytest.raises(ConfigError, match="known: quick, paper"):
         iclr_rank.run("huge", tmp_path / "x")
-    with pytest.raises(ConfigError, match="depth must be >= 5"):
-        iclr_rank.run("tiny", tmp_path / "x", depth=4)
+    with pytest.raises(ConfigError, match="depth must be >= 3"):
+        iclr_rank.run("tiny", tmp_path / "x", depth=2)
     assert not (tmp_path / "x").exists()

@@ -26,11 +26,12 @@ Conventions (ours; the paper does not spell them out):
   objective, the best estimate of the regularized minimum found there.
 - FIT_RULE: within each rank class, ‖θ‖² of its non-diverged networks (one row per network,
   all seeds) is fitted by least squares against L (`fit_depth_expansion`).
-- Every network's steps are the same: the sweep grids over whole model sections (depth and its
-  init scale `default_init_scale(L)`) under one training config, so the preset's step counts are
-  sized for its deepest network (the last phase stops early by the stop rule).
-- Seeds of one depth train as one ensemble (``batch_coupled``): the recipe's stop rule freezes
-  members individually; its curvature-scaled step draws one power-iteration start per ensemble.
+- Every network trains with one training config: the sweep grids over whole model sections
+  (depth and its init scale `default_init_scale(L)`), and a sweep grid is a product, so the
+  recipe's depth-dependent settings (its Adam lr) are those of the deepest depth, and the
+  preset's step counts are sized for it (the last phase stops early by the stop rule).
+- Seeds of one depth train as one ensemble: the recipe's stop rule and curvature-scaled steps
+  act per member, so a network's result does not depend on its ensemble mates.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from rich.table import Table
 from bnrank.atomic import write_json, write_parquet, write_with
 from bnrank.errors import ConfigError
 from bnrank.measure.theory import fit_depth_expansion
-from bnrank.plots.fig1 import plot_norm_vs_depth, plot_trial_spectra
+from bnrank.plots.fig1 import plot_norm_vs_depth, plot_trial_spectra, rank_colors
 from bnrank.sweep import SweepResult, run_sweep
 from bnrank.sweep.work import RANK_THRESHOLD
 from bnrank.train.recipe import default_init_scale, default_train_config
@@ -69,8 +70,8 @@ class Preset:
     depths: the depths L swept; trials: seeds per depth; width, n_train, n_test, g_scale,
     bias_std, task_seed: the network width and the composition task (CompositionTask fields);
     lam: λ; adam_steps, descent_steps, polish_steps: the recipe's three phases (the same for
-    every depth; polish is a cap, the stop rule ends it); workers × threads: sweep processes and
-    torch threads each; analyze_points: training inputs `bnrank.analyze` measures (Jacobians).
+    every depth; polish is a cap, the stop rule ends it); device: RunConfig.device ("auto" takes
+    a GPU when there is one); workers × threads: sweep processes and torch threads each; analyze_points: training inputs `bnrank.analyze` measures (Jacobians).
     Acceptance: cost_max (train cost of a fitted network), min_range (consecutive depths of
     rank TRUE_RANK), slope_tol (relative slope error allowed in a rank class with ≥ min_range
     depths).
@@ -88,6 +89,7 @@ class Preset:
     bias_std: float = 0.5
     task_seed: int = 0
     lam: float = 1e-3
+    device: str = "cpu"
     workers: int = 1
     threads: int | None = 1
     analyze_points: int = 64
@@ -101,11 +103,11 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(depths=(3, 4, 5), trials=2, width=8, n_train=32, adam_steps=300, descent_steps=30, polish_steps=30,
                    analyze_points=8),
     # ≤ 15 min on 2 shared CPU cores (see the issue note for the measured numbers).
-    "quick": Preset(depths=(4, 6, 8, 10, 12, 14, 16, 18), trials=2, width=50, n_train=200, g_scale=0.5,
-                    adam_steps=3000, descent_steps=3000, polish_steps=3000, workers=2),
+    "quick": Preset(depths=(4, 6, 8, 10, 12, 14, 16, 18), trials=2, width=40, n_train=150, g_scale=0.2,
+                    adam_steps=6000, descent_steps=6000, polish_steps=6000, workers=2),
     # The paper's sizes: depths up to 30, 4 trials, width 100, N = 500 (a GPU or a cluster).
-    "paper": Preset(depths=tuple(range(4, 31, 2)), trials=4, width=100, n_train=500, g_scale=0.5,
-                    adam_steps=16000, descent_steps=32000, polish_steps=48000, threads=None),
+    "paper": Preset(depths=tuple(range(4, 31, 2)), trials=4, width=100, n_train=500, n_test=500, g_scale=0.2,
+                    adam_steps=16000, descent_steps=32000, polish_steps=48000, device="auto", threads=None),
 }
 HIDDEN_PRESETS = {"tiny"}
 
@@ -117,6 +119,7 @@ def sweep_spec(p: Preset) -> dict:
     return {
         "name": "fig1",
         "base": {
+            "device": p.device,
             "task": {"kind": "composition", "rank": TRUE_RANK, "latent_dim": 8, "d_in": 20, "d_out": 20,
                      "n_train": p.n_train, "n_test": p.n_test, "hidden": 100, "bias_std": p.bias_std,
                      "g_scale": p.g_scale, "seed": p.task_seed},
@@ -125,7 +128,6 @@ def sweep_spec(p: Preset) -> dict:
         },
         "grid": {"model": [{"depth": d, "width": p.width, "init_scale": default_init_scale(d)} for d in p.depths]},
         "trials": p.trials,
-        "batch_coupled": True,
         "analyze": True,
         "analyze_points": p.analyze_points,
         "analyze_curvature": False,
@@ -291,10 +293,10 @@ def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict
         "wall_time_s": time.perf_counter() - start,
     }
     live = runs[~runs["diverged"].astype(bool)]
-    figures = {
-        "fig1a": plot_norm_vs_depth(live, fits, spec.cost_max),
-        "fig1b": plot_trial_spectra(result.layers, trials, RANK_THRESHOLD),
-    }
+    colors = rank_colors(runs["rank"])
+    figures = {"fig1a": plot_norm_vs_depth(live, fits, spec.cost_max, colors)}
+    if not trials.empty:  # every network diverged: no spectra to show
+        figures["fig1b"] = plot_trial_spectra(result.layers, trials, RANK_THRESHOLD, colors)
     for name, fig in figures.items():
         for ext in ("png", "svg"):
             write_with(out / f"{name}.{ext}", lambda p, fig=fig, ext=ext: fig.savefig(p, format=ext, dpi=150))

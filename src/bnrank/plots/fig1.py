@@ -15,23 +15,31 @@ from matplotlib.ticker import MaxNLocator
 from bnrank.errors import DataError
 
 
+SPECTRUM_FLOOR = 1e-4
+"""Panel (b) shows singular values down to this (the y axis' lower limit)."""
+
+
 def rank_colors(ranks) -> dict[int, tuple]:
-    """One tab10 color per rank (rank k gets color k mod 10), so a rank keeps its color across panels."""
-    return {int(k): colormaps["tab10"](int(k) % 10) for k in ranks}
+    """Distinct colors for the distinct `ranks`, ascending (tab10, then tab20 beyond 10 ranks);
+    build it once from all networks so that a rank has one color in both panels."""
+    ranks = sorted({int(k) for k in ranks})
+    cmap = colormaps["tab10" if len(ranks) <= 10 else "tab20"]
+    return {k: cmap(i % cmap.N) for i, k in enumerate(ranks)}
 
 
-def plot_norm_vs_depth(runs: pd.DataFrame, fits: pd.DataFrame, cost_max: float = 0.1) -> Figure:
+def plot_norm_vs_depth(runs: pd.DataFrame, fits: pd.DataFrame, cost_max: float = 0.1, colors: dict | None = None) -> Figure:
     """Panel (a): ‖θ‖² at the end of training against depth, one point per network.
 
     runs: one row per network with columns depth, param_norm_sq, rank (its rank class) and mse
     (final train cost); the marker is '.' when mse < `cost_max`, else 'x'; the color is the rank.
     fits: `fit_depth_expansion` output (rank, slope, intercept): each rank class with a fit gets
-    the line slope·L + intercept over the depths of its networks.
+    the line slope·L + intercept over the depths of its networks. colors: rank → color
+    (default `rank_colors` of the runs' ranks).
     """
     missing = {"depth", "param_norm_sq", "rank", "mse"} - set(runs.columns)
     if missing:
         raise DataError(f"plot_norm_vs_depth: runs table lacks column(s) {', '.join(sorted(missing))}")
-    colors = rank_colors(runs["rank"].unique())
+    colors = colors or rank_colors(runs["rank"])
     fig = Figure(figsize=(7, 4.8), layout="constrained")
     ax = fig.subplots()
     for rank, group in runs.groupby("rank", sort=True):
@@ -39,14 +47,15 @@ def plot_norm_vs_depth(runs: pd.DataFrame, fits: pd.DataFrame, cost_max: float =
         for mask, marker, size in ((fitted, ".", 120), (~fitted, "x", 40)):
             pts = group[mask]
             ax.scatter(pts["depth"], pts["param_norm_sq"], marker=marker, s=size, color=colors[int(rank)], linewidths=1.2)
-    handles = [Line2D([], [], color=colors[int(k)], marker="o", linestyle="", label=f"rank {int(k)}") for k in sorted(colors)]
+    shown = sorted(int(k) for k in runs["rank"].unique())
+    handles = [Line2D([], [], color=colors[k], marker="o", linestyle="", label=f"rank {k}") for k in shown]
     for fit in fits.itertuples():
-        if not np.isfinite(fit.slope) or int(fit.rank) not in colors:
+        if not np.isfinite(fit.slope) or int(fit.rank) not in shown:
             continue
         depths = runs.loc[runs["rank"] == fit.rank, "depth"]
         grid = np.array([depths.min(), depths.max()], dtype=float)
         ax.plot(grid, fit.slope * grid + fit.intercept, "-", color=colors[int(fit.rank)], linewidth=1, alpha=0.8)
-        handles[sorted(colors).index(int(fit.rank))].set_label(f"rank {int(fit.rank)}: slope {fit.slope:.2f}")
+        handles[shown.index(int(fit.rank))].set_label(f"rank {int(fit.rank)}: slope {fit.slope:.2f}")
     handles += [
         Line2D([], [], color="0.3", marker=".", markersize=10, linestyle="", label=f"train cost < {cost_max:g}"),
         Line2D([], [], color="0.3", marker="x", linestyle="", label=f"train cost ≥ {cost_max:g}"),
@@ -59,27 +68,29 @@ def plot_norm_vs_depth(runs: pd.DataFrame, fits: pd.DataFrame, cost_max: float =
     return fig
 
 
-def plot_trial_spectra(layers: pd.DataFrame, trials: pd.DataFrame, threshold: float | None = 0.1) -> Figure:
+def plot_trial_spectra(layers: pd.DataFrame, trials: pd.DataFrame, threshold: float | None = 0.1,
+                       colors: dict | None = None) -> Figure:
     """Panel (b): singular values of every W_ℓ against ℓ for a few trials, one panel each.
 
     layers: one row per (cell_id, layer) with column singular_values (e.g. a sweep's layers
     table); trials: one row per trial to draw, in panel order, with columns cell_id, depth and
-    rank (colors as in panel (a)). Zero singular values are not drawn (log scale); a dashed line
-    marks `threshold` (None: no line). Panels share the y axis.
+    rank; colors: rank → color (default `rank_colors` of the trials' ranks; pass panel (a)'s).
+    The log y axis starts at SPECTRUM_FLOOR (smaller singular values, numerically zero, are out of
+    view); a dashed line marks `threshold` (None: no line). Panels share the y axis.
     """
     missing = {"cell_id", "layer", "singular_values"} - set(layers.columns)
     if missing:
         raise DataError(f"plot_trial_spectra: layers table lacks column(s) {', '.join(sorted(missing))}")
     if trials.empty:
         raise DataError("plot_trial_spectra: no trials to draw")
-    colors = rank_colors(trials["rank"].unique())
+    colors = colors or rank_colors(trials["rank"])
     fig = Figure(figsize=(3.2 * len(trials) + 0.6, 4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(trials), sharey=True))
     for ax, trial in zip(axes, trials.itertuples()):
         rows = layers[layers["cell_id"] == trial.cell_id]
         ell = np.concatenate([np.full(len(s), layer) for layer, s in zip(rows["layer"], rows["singular_values"])])
         sv = np.concatenate([np.asarray(s, dtype=float) for s in rows["singular_values"]])
-        keep = sv > 0
+        keep = sv >= SPECTRUM_FLOOR
         ax.scatter(ell[keep], sv[keep], s=9, color=colors[int(trial.rank)], linewidths=0, alpha=0.8)
         if threshold is not None:
             ax.axhline(threshold, color="0.4", linestyle="--", linewidth=0.8)
@@ -87,5 +98,6 @@ def plot_trial_spectra(layers: pd.DataFrame, trials: pd.DataFrame, threshold: fl
         ax.set_xlabel("layer ℓ")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"L = {int(trial.depth)}, rank {int(trial.rank)}", fontsize="medium")
+    axes[0].set_ylim(bottom=SPECTRUM_FLOOR)
     axes[0].set_ylabel("singular values of $W_\\ell$")
     return fig
