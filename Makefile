@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bnrank train examples/fig1-quick-run.yaml --out out/demo --overwrite
+	$(BIN)/bnrank reproduce fig1 --preset quick --out out/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
