@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bnrank import EnsembleMLP
-from bnrank.train.backprop import objective_and_grads
+from bnrank.train.backprop import Workspace, objective_and_grads
 from bnrank.train.objective import objective
 
 
@@ -41,3 +41,20 @@ def test_non_finite_member_does_not_touch_the_others():
     assert not torch.isfinite(obj[1]) and torch.isfinite(obj[[0, 2]]).all()
     for g, c in zip(grads, clean):
         assert torch.equal(g[[0, 2]], c[[0, 2]])
+
+
+def test_workspace_reuses_buffers_and_gives_the_same_results():
+    model = EnsembleMLP.init(2, [4, 6, 6, 3], seeds=[0, 1], dtype=torch.float64)
+    x, y = torch.randn(7, 4, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
+    lam = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    ws = Workspace()
+    expected = objective_and_grads(model, x, y, lam)
+    first = objective_and_grads(model, x, y, lam, ws)
+    pointers = [g.data_ptr() for g in first[3]]
+    second = objective_and_grads(model, x, y, lam, ws)
+    assert [g.data_ptr() for g in second[3]] == pointers
+    for a, b in zip(expected[3], second[3]):
+        assert torch.equal(a, b)
+    batch = objective_and_grads(model, x[:3], y[:3], lam, ws)  # another batch size: its own buffers
+    torch.testing.assert_close(batch[3][0], objective_and_grads(model, x[:3], y[:3], lam)[3][0])
+    assert torch.equal(objective_and_grads(model, x, y, lam, ws)[3][0], expected[3][0])

@@ -15,22 +15,45 @@ from torch import Tensor
 from bnrank.models import EnsembleMLP
 
 
+class Workspace:
+    """Buffers reused across calls of `objective_and_grads`, keyed by role, layer and shape.
+
+    A CPU step that allocates its activations afresh page-faults on every touch of them (multi-MB
+    allocations come straight from the OS), which cost ~20% of a step (bench/README.md); the
+    trainer keeps one workspace per `fit`. Tensors returned by a call that used a workspace are
+    overwritten by its next call.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, Tensor] = {}
+
+    def get(self, role: str, layer: int, shape: torch.Size, like: Tensor) -> Tensor:
+        key = (role, layer, tuple(shape), like.dtype, like.device)
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return self._buffers[key]
+
+
 def objective_and_grads(
-    model: EnsembleMLP, x: Tensor, y: Tensor, lam: Tensor
+    model: EnsembleMLP, x: Tensor, y: Tensor, lam: Tensor, workspace: Workspace | None = None
 ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """(objective, mse, ‖θ‖², grads) for C = (1/N)Σ‖f(x_i) − y_i‖² + λ‖θ‖², per member.
 
     x: (N, d_in) or (E, N, d_in); y: (N, d_out) or (E, N, d_out); lam: (E,).
     grads is ordered like ``model.parameters()``: dC/dW_1..dC/dW_L, then dC/db_1..dC/db_L.
+    With a `workspace`, activations and gradients live in its buffers (see `Workspace`).
     """
+    ws = workspace if workspace is not None else Workspace()
     weights, biases = list(model.weights), list(model.biases)
     members, depth = model.members, model.depth
     with torch.no_grad():
         a = x if x.dim() == 3 else x.expand(members, *x.shape)
+        n = a.shape[1]
         inputs = []  # a_0 = x, a_ℓ = σ(α_ℓ): the input of layer ℓ + 1
         for layer, (w, b) in enumerate(zip(weights, biases)):
             inputs.append(a)
-            a = torch.baddbmm(b.unsqueeze(1), a, w.transpose(1, 2))
+            out = ws.get("alpha", layer, (members, n, w.shape[1]), w)
+            a = torch.baddbmm(b.unsqueeze(1), a, w.transpose(1, 2), out=out)
             if layer < depth - 1:
                 a.clamp_(min=0)
         residual = a.sub_(y)
@@ -38,13 +61,16 @@ def objective_and_grads(
         norm_sq = model.param_norm_sq()
         objective = mse + lam * norm_sq
         two_lam = 2 * lam
-        delta = residual.mul_(2.0 / residual.shape[-2])  # dC/dα_L: (E, N, d_out)
+        delta = residual.mul_(2.0 / n)  # dC/dα_L: (E, N, d_out)
         grad_w: list[Tensor] = [None] * depth  # type: ignore[list-item]
         grad_b: list[Tensor] = [None] * depth  # type: ignore[list-item]
         for layer in reversed(range(depth)):
             w, b, a = weights[layer], biases[layer], inputs[layer]
-            grad_w[layer] = torch.bmm(delta.transpose(1, 2), a).add_(w * two_lam.view(-1, 1, 1))
-            grad_b[layer] = delta.sum(1).add_(b * two_lam.view(-1, 1))
+            gw = torch.bmm(delta.transpose(1, 2), a, out=ws.get("grad_w", layer, w.shape, w))
+            grad_w[layer] = gw.addcmul_(w, two_lam.view(-1, 1, 1))
+            gb = torch.sum(delta, 1, out=ws.get("grad_b", layer, b.shape, b))
+            grad_b[layer] = gb.addcmul_(b, two_lam.view(-1, 1))
             if layer > 0:
-                delta = torch.ops.aten.threshold_backward(torch.bmm(delta, w), a, 0)
+                below = torch.bmm(delta, w, out=ws.get("delta", layer, a.shape, w))
+                delta = torch.ops.aten.threshold_backward.grad_input(below, a, 0, grad_input=below)
     return objective, mse, norm_sq, grad_w + grad_b

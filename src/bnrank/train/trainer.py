@@ -23,7 +23,7 @@ from torch import Tensor
 from bnrank.config import StopRule, TrainConfig, per_member
 from bnrank.errors import DataError
 from bnrank.models import EnsembleMLP
-from bnrank.train.backprop import objective_and_grads
+from bnrank.train.backprop import Workspace, objective_and_grads
 from bnrank.train.optim import make_optimizer
 from bnrank.train.rebalance import balance_error, rebalance_
 from bnrank.train.schedules import lam_factor, lr_factor, resolve_phase
@@ -100,6 +100,7 @@ def fit(
     diverged_at = torch.full((E,), -1, dtype=torch.long, device=ref.device)
     stopped_at = [None] * E
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    workspace = Workspace()  # the hot loop allocates no activation-sized tensor
     rows: list[dict] = []
     history: list[tuple[int, Tensor]] = []
     step = 0
@@ -110,7 +111,7 @@ def fit(
     def log(phase_idx: int, lr: Tensor, lam_t: Tensor) -> Tensor:
         """Record diagnostics at the current parameters, freeze members that meet the stop rule;
         returns the objective (E,) on the CPU in float64."""
-        obj, err, norm, grads = objective_and_grads(model, x, y, lam_t)
+        obj, err, norm, grads = objective_and_grads(model, x, y, lam_t, workspace)
         gnorm = sum(g.square().flatten(1).sum(1) for g in grads).sqrt()
         bal = balance_error(model)
         now = obj.double().cpu()
@@ -151,7 +152,7 @@ def fit(
                     xb, yb = x[..., idx, :], y[..., idx, :]
                 else:
                     xb, yb = x, y
-                obj, _, _, grads = objective_and_grads(model, xb, yb, lam_t)
+                obj, _, _, grads = objective_and_grads(model, xb, yb, lam_t, workspace)
                 finite = torch.isfinite(obj)
                 diverged_at = torch.where(alive & ~done & ~finite, step, diverged_at)
                 alive &= finite | done
