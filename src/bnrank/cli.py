@@ -117,8 +117,6 @@ def reproduce(
     out = out or Path("out") / f"{experiment}-{preset}"
     try:
         module = get_experiment(experiment)
-        if preset not in module.PRESETS:
-            _fail(f"unknown preset {preset!r} for {experiment} (known: {', '.join(module.PRESETS)})")
         options = {"overrides": _device_overrides(device, dtype),
                    "executor": _executor(executor, address, ray_num_cpus, ray_num_gpus, ray_max_retries)}
         options = {name: value for name, value in options.items() if value}

@@ -8,8 +8,11 @@ by ``bnrank reproduce NAME`` to the module path; modules are imported on use.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+from collections.abc import Collection, Mapping
 from types import ModuleType
+from typing import Any
 
 from bnrank.errors import ConfigError
 
@@ -25,3 +28,16 @@ def get_experiment(name: str) -> ModuleType:
         known = ", ".join(sorted(EXPERIMENTS)) or "none yet"
         raise ConfigError(f"unknown experiment {name!r} (known: {known})")
     return importlib.import_module(EXPERIMENTS[name])
+
+
+def resolve_preset(experiment: str, presets: Mapping[str, Any], name: str, options: Mapping[str, Any],
+                   hidden: Collection[str] = ()) -> Any:
+    """Preset `name` (a dataclass) of `experiment` with `options` replacing its fields; an unknown
+    preset or field raises ConfigError (hidden presets are left out of the list of known ones)."""
+    if name not in presets:
+        known = ", ".join(p for p in presets if p not in hidden)
+        raise ConfigError(f"unknown preset {name!r} for {experiment} (known: {known})")
+    try:
+        return dataclasses.replace(presets[name], **options)
+    except TypeError as err:
+        raise ConfigError(f"{experiment}: {err}") from None

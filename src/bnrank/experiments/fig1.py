@@ -36,7 +36,6 @@ Conventions (ours; the paper does not spell them out):
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from rich.table import Table
 
 from bnrank.atomic import write_json, write_parquet, write_with
 from bnrank.errors import ConfigError
+from bnrank.experiments import resolve_preset
 from bnrank.measure.theory import fit_depth_expansion
 from bnrank.plots.fig1 import plot_norm_vs_depth, plot_trial_spectra, rank_colors
 from bnrank.sweep import SweepResult, run_sweep
@@ -262,13 +262,7 @@ def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict
         acceptance: see `acceptance`;
         n_networks, n_diverged, fig1b_trials (cell ids), sweep (directory), wall_time_s.
     """
-    if preset not in PRESETS:
-        known = ", ".join(name for name in PRESETS if name not in HIDDEN_PRESETS)
-        raise ConfigError(f"unknown preset {preset!r} for fig1 (known: {known})")
-    try:
-        spec = dataclasses.replace(PRESETS[preset], **options)
-    except TypeError as err:
-        raise ConfigError(f"fig1: {err}") from None
+    spec = resolve_preset("fig1", PRESETS, preset, options, hidden=HIDDEN_PRESETS)
     start = time.perf_counter()
     out = Path(out)
     result = run_sweep(sweep_spec(spec), out / "sweep", workers=spec.workers, threads=spec.threads, progress=progress)

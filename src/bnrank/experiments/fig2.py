@@ -21,7 +21,6 @@ the projected path images do not cross.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from rich.table import Table
 from bnrank.atomic import staged_dir, write_json, write_with
 from bnrank.config import RunConfig, override, per_member, validate
 from bnrank.errors import ConfigError
+from bnrank.experiments import resolve_preset
 from bnrank.measure import analyze
 from bnrank.measure.symmetry import count_crossings, orbit_collapse
 from bnrank.plots.fig2 import plot_orbit_distance, plot_path_images
@@ -123,12 +123,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
         train_mse, test_mse, param_norm_sq; checks (each acceptance test) and passed (all);
         preset, config (resolved), wall_time_s, train_time_s.
     """
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r} for fig2 (known: {', '.join(PRESETS)})")
-    try:
-        spec = dataclasses.replace(PRESETS[preset], **options)
-    except TypeError as err:
-        raise ConfigError(f"fig2: {err}") from None
+    spec = resolve_preset("fig2", PRESETS, preset, options)
     cfg = validate(RunConfig, override(spec.config, list(overrides)), source=f"fig2 preset {preset!r}")
     depth = cfg.model.depth
     if cfg.task.kind != "symmetry":

@@ -20,7 +20,6 @@ and prints a per-layer table of member 0.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from rich.table import Table
 from bnrank.atomic import staged_dir, write_json, write_with
 from bnrank.config import RunConfig, validate
 from bnrank.errors import ConfigError
+from bnrank.experiments import resolve_preset
 from bnrank.measure import analyze
 from bnrank.plots.iclr import plot_activation_spectra, plot_nonlinearity_impact
 from bnrank.plots.spectra import plot_weight_spectra
@@ -109,13 +109,7 @@ def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict
         weight rank = true rank, every member's middle activation rank = true rank} (computed),
         passed; wall_time_s, train_time_s.
     """
-    if preset not in PRESETS:
-        known = ", ".join(name for name in PRESETS if name not in HIDDEN_PRESETS)
-        raise ConfigError(f"unknown preset {preset!r} for iclr-rank (known: {known})")
-    try:
-        spec = dataclasses.replace(PRESETS[preset], **options)
-    except TypeError as err:
-        raise ConfigError(f"iclr-rank: {err}") from None
+    spec = resolve_preset("iclr-rank", PRESETS, preset, options, hidden=HIDDEN_PRESETS)
     if spec.depth < 3:
         raise ConfigError(f"iclr-rank: depth must be >= 3 (a hidden middle layer), got {spec.depth}")
     cfg = validate(RunConfig, run_config(spec), source=f"iclr-rank preset {preset!r}")
