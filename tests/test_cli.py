@@ -63,3 +63,20 @@ def test_console_script_exit_code(tmp_path):
     cfg.write_text("train: {lam: -1}\n")
     res = subprocess.run([sys.executable, "-m", "bnrank.cli", "train", str(cfg)], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
+
+
+def test_a_failed_ray_task_is_one_line_and_exit_code_1(tmp_path, monkeypatch):
+    import bnrank.sweep
+
+    WorkerCrashedError = type("WorkerCrashedError", (Exception,), {"__module__": "ray.exceptions"})
+
+    def crash(*args, **kwargs):
+        raise WorkerCrashedError("worker died")
+
+    monkeypatch.setattr(bnrank.sweep, "run_sweep", crash)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("grid: {model.depth: [2]}\n")
+    res = bnrank_cli("sweep", spec, "--out", tmp_path / "sw", "-q")
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "WorkerCrashedError" in lines[0] and "rerun to resume" in lines[0]

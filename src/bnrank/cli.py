@@ -37,6 +37,20 @@ def _root() -> None:
     """bnrank: train L2-regularized deep networks and measure their bottleneck structure."""
 
 
+def _is_ray_failure(err: BaseException) -> bool:
+    """A Ray task that failed for good (worker deaths beyond its retries, a lost node, ...)."""
+    return type(err).__module__.split(".")[0] == "ray"
+
+
+def _ray_failed(err: BaseException, out: Path) -> None:
+    """One line instead of Ray's traceback; exit code 1 (a failure, not bad input)."""
+    err_console.print(
+        f"error: a Ray task failed ({type(err).__name__}); finished groups are kept in {out}: rerun to resume",
+        highlight=False, soft_wrap=True, markup=False,
+    )
+    raise typer.Exit(1)
+
+
 def _fail(message: str) -> None:
     err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -130,6 +144,10 @@ def reproduce(
         module.run(preset, out, progress=False if quiet else None, **options)
     except BnrankError as err:
         _fail(str(err))
+    except Exception as err:
+        if not _is_ray_failure(err):
+            raise
+        _ray_failed(err, out)
 
 
 @app.command()
@@ -168,6 +186,10 @@ def sweep(
     except KeyboardInterrupt:
         err_console.print(f"interrupted: finished groups are kept in {out}; rerun the same command to resume", highlight=False, soft_wrap=True)
         raise typer.Exit(130)
+    except Exception as err:
+        if not _is_ray_failure(err):
+            raise
+        _ray_failed(err, out)
     runs = result.runs
     console.print(
         f"sweep {result.spec.name}: {len(runs)}/{len(result.cells)} cells in {out} "
