@@ -1,5 +1,8 @@
 import pytest
 import torch
+from typer.testing import CliRunner
+
+from bnrank.cli import app
 
 
 @pytest.fixture(autouse=True)
@@ -23,3 +26,15 @@ def tiny_config(**overrides) -> dict:
     for key, value in overrides.items():
         cfg[key] = value
     return cfg
+
+
+def cli(*args):
+    """Run the bnrank CLI in-process: (exit code, stdout, stderr)."""
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    return res.exit_code, res.stdout, res.stderr
+
+
+def one_line_error(code: int, stderr: str, message: str) -> None:
+    """Bad input: exit code 2 and a single `error: ...` line containing `message`."""
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], stderr

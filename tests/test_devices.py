@@ -10,11 +10,9 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
-from typer.testing import CliRunner
 
 import bnrank
 import bnrank.experiments
-from bnrank.cli import app
 from bnrank.errors import ConfigError
 from bnrank.models import EnsembleMLP
 from bnrank.runs import resolve_device
@@ -22,20 +20,10 @@ from bnrank.sweep import load_sweep, run_sweep
 from bnrank.train.backprop import objective_and_grads
 from bnrank.train.optim import GD, Adam
 from bnrank.train.rebalance import balance_error, layer_balance_errors, rebalance_
-from conftest import tiny_config
+from conftest import cli, one_line_error, tiny_config
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for a machine without a GPU")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
-
-
-def cli(*args):
-    res = CliRunner().invoke(app, [str(a) for a in args])
-    return res.exit_code, res.stdout, res.stderr
-
-
-def one_line_error(code: int, stderr: str, message: str) -> None:
-    lines = stderr.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], stderr
 
 
 @pytest.fixture

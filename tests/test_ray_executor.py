@@ -12,13 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from bnrank.cli import app
 from bnrank.errors import ConfigError
 from bnrank.sweep import LocalExecutor, RayExecutor, expand, group_cells, load_spec, load_sweep, run_sweep
 from bnrank.sweep.store import SweepStore
-from conftest import tiny_config
+from conftest import cli, one_line_error, tiny_config
 
 TIMING = ["train_time_s", "wall_time_s"]
 TASK_TITLE = "ray::run_group_task"  # Ray names a worker process after the task it is running
@@ -176,16 +174,6 @@ def test_an_error_raised_in_a_group_propagates_as_itself(cluster):
 def test_bad_settings_are_config_errors(settings, message):
     with pytest.raises(ConfigError, match=message):
         RayExecutor(**settings)
-
-
-def cli(*args):
-    res = CliRunner().invoke(app, [str(a) for a in args])
-    return res.exit_code, res.stdout, res.stderr
-
-
-def one_line_error(code: int, stderr: str, message: str) -> None:
-    lines = stderr.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], stderr
 
 
 def test_without_ray_the_cli_says_how_to_install_it(tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 import bnrank
 from bnrank.atomic import staged_dir
 from bnrank.checkpoint import load_checkpoint, save_checkpoint
-from bnrank.config import RunConfig, dump_config, load_run_config, per_member, read_yaml, validate
+from bnrank.config import RunConfig, dump_config, load_run_config, override, per_member, read_yaml, validate
 from bnrank.errors import ConfigError, StoreError
 from bnrank.models import EnsembleMLP
 from bnrank.tasks import TaskData, make_task
@@ -68,18 +68,12 @@ def versions() -> dict[str, str]:
 
 def _as_config(config: RunConfig | dict | str | Path, overrides: list[str]) -> RunConfig:
     if isinstance(config, RunConfig):
-        return validate(RunConfig, _override_dump(config, overrides)) if overrides else config
+        if not overrides:
+            return config
+        config = config.model_dump(mode="json")
     if isinstance(config, dict):
-        from bnrank.config import override
-
         return validate(RunConfig, override(config, overrides))
     return load_run_config(config, overrides)
-
-
-def _override_dump(cfg: RunConfig, overrides: list[str]) -> dict:
-    from bnrank.config import override
-
-    return override(cfg.model_dump(mode="json"), overrides)
 
 
 def train(
