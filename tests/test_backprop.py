@@ -3,12 +3,14 @@ import torch
 
 from bnrank import EnsembleMLP
 from bnrank.train.backprop import Workspace, objective_and_grads
+from bnrank.train.flat import FlatParameters
 from bnrank.train.objective import objective
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("shared_inputs", [True, False])
 @pytest.mark.parametrize("dims", [[5, 7, 7, 7, 3], [4, 2], [3, 9, 1]])
-def test_hand_written_backprop_equals_autograd(dims, shared_inputs):
+def test_hand_written_backprop_equals_autograd(dims, shared_inputs, reduction):
     members = 3
     model = EnsembleMLP.init(members, dims, seeds=[1, 2, 3], dtype=torch.float64)
     with torch.no_grad():
@@ -19,9 +21,9 @@ def test_hand_written_backprop_equals_autograd(dims, shared_inputs):
     if not shared_inputs:
         x, y = torch.randn(members, 11, dims[0], dtype=torch.float64), torch.randn(members, 11, dims[-1], dtype=torch.float64)
     lam = torch.tensor([0.0, 0.1, 0.7], dtype=torch.float64)
-    obj, err, norm = objective(model, x, y, lam)
+    obj, err, norm = objective(model, x, y, lam, reduction)
     expected = torch.autograd.grad(obj.sum(), list(model.parameters()))
-    obj2, err2, norm2, grads = objective_and_grads(model, x, y, lam)
+    obj2, err2, norm2, grads = objective_and_grads(model, x, y, lam, reduction=reduction)
     for a, b in ((obj, obj2), (err, err2), (norm, norm2)):
         torch.testing.assert_close(a.detach(), b, rtol=1e-12, atol=1e-12)
     assert len(grads) == len(expected)
@@ -58,3 +60,25 @@ def test_workspace_reuses_buffers_and_gives_the_same_results():
     batch = objective_and_grads(model, x[:3], y[:3], lam, ws)  # another batch size: its own buffers
     torch.testing.assert_close(batch[3][0], objective_and_grads(model, x[:3], y[:3], lam)[3][0])
     assert torch.equal(objective_and_grads(model, x, y, lam, ws)[3][0], expected[3][0])
+
+
+def test_flat_parameters_give_the_same_gradients_and_restore_the_model():
+    model = EnsembleMLP.init(3, [5, 7, 7, 3], seeds=[1, 2, 3], dtype=torch.float64)
+    x, y = torch.randn(9, 5, dtype=torch.float64), torch.randn(9, 3, dtype=torch.float64)
+    lam = torch.tensor([0.0, 0.1, 0.7], dtype=torch.float64)
+    before = [p.detach().clone() for p in model.parameters()]
+    expected = objective_and_grads(model, x, y, lam)
+    with FlatParameters(model) as flat:
+        assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+        got = objective_and_grads(model, x, y, lam, Workspace(), flat=flat)
+        for a, b in zip(expected[:3], got[:3]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        for g, e in zip(got[3], expected[3]):
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+        # flat.grad holds every gradient, member-major, in the order of model.parameters()
+        torch.testing.assert_close(flat.grad, torch.cat([e.flatten(1) for e in expected[3]], 1), rtol=1e-12, atol=1e-12)
+        flat.data.mul_(2.0)  # the model's parameters are views of the buffer
+        assert torch.equal(model.weights[1], 2 * before[1])
+    assert all(p.is_contiguous() for p in model.parameters())
+    flat.data.zero_()  # after the block the model has its own storage again
+    assert torch.equal(model.weights[1], 2 * before[1])

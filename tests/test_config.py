@@ -27,6 +27,7 @@ def test_defaults_validate_and_member_seeds():
         ({"task": {"rank": 9, "latent_dim": 8}}, "rank"),
         ({"members": 2, "train": {"lam": [0.1, 0.2, 0.3]}}, "train.lam has 3 values but members = 2"),
         ({"train": {"lam": float("nan")}}, "train.lam"),
+        ({"train": {"mse_reduction": "median"}}, "train.mse_reduction"),
         ("just a string", "mapping"),
     ],
 )

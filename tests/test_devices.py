@@ -18,6 +18,7 @@ from bnrank.models import EnsembleMLP
 from bnrank.runs import resolve_device
 from bnrank.sweep import load_sweep, run_sweep
 from bnrank.train.backprop import objective_and_grads
+from bnrank.train.flat import FlatParameters
 from bnrank.train.optim import GD, Adam
 from bnrank.train.rebalance import balance_error, layer_balance_errors, rebalance_
 from conftest import cli, one_line_error, tiny_config
@@ -174,11 +175,13 @@ def test_backprop_and_optimizers_stay_on_the_models_device():
     x, y, lam = torch.empty(5, 4, device=META), torch.empty(5, 3, device=META), torch.empty(2, device=META)
     obj, mse, norm, grads = objective_and_grads(model, x, y, lam)
     assert {t.device for t in [obj, mse, norm, *grads]} == {META}
-    params = list(model.parameters())
-    lr, active = torch.empty(2, device=META), torch.ones(2, dtype=torch.bool, device=META)
-    for opt in (GD(params, momentum=0.9), Adam(params)):
-        opt.step(grads, lr, active)
-    assert {p.device for p in params} == {META}
+    with FlatParameters(model) as flat:
+        obj, mse, norm, grads = objective_and_grads(model, x, y, lam, flat=flat)
+        assert {t.device for t in [obj, mse, norm, *grads, flat.data, flat.grad]} == {META}
+        lr, active = torch.empty(2, device=META), torch.ones(2, dtype=torch.bool, device=META)
+        for opt in (GD(flat.data, momentum=0.9), Adam(flat.data)):
+            opt.step(flat.grad, lr, active)
+    assert {p.device for p in model.parameters()} == {META}
 
 
 @pytest.mark.parametrize("depth", [1, 3])

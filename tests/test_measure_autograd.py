@@ -73,17 +73,19 @@ def test_ntk_top_of_one_output_at_one_point_is_its_trace(tiny):
     np.testing.assert_allclose(res.network.ntk_top, res.points.ntk_trace, rtol=1e-12)
 
 
-def test_hessian_top_matches_the_dense_hessian(tiny):
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_hessian_top_matches_the_dense_hessian(tiny, reduction):
     net, x, y = tiny
     lam = [0.05, 0.5]
-    res = analyze(net, x, Y=y, lam=lam, curvature=True)
+    scale = 1.0 if reduction == "sum" else 1.0 / y.shape[1]
+    res = analyze(net, x, Y=y, lam=lam, curvature=True, mse_reduction=reduction)
     for e in range(net.members):
         seq = net.to_sequential(e)
         flat, unflatten = _flat_params(seq)
 
         def objective(theta):
             pred = functional_call(seq, unflatten(theta), (x,))
-            return (pred - y).square().sum(-1).mean() + lam[e] * theta.square().sum()
+            return scale * (pred - y).square().sum(-1).mean() + lam[e] * theta.square().sum()
 
         hess = torch.autograd.functional.hessian(objective, flat)
         top = torch.linalg.eigvalsh(hess)[-1].item()

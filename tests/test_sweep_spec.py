@@ -31,6 +31,15 @@ def test_expansion_counts_order_and_values():
     assert len({c.cell_id for c in cells}) == 12
 
 
+def test_cases_pair_settings_and_cross_the_grid():
+    cases = [{"model.width": 4, "train.phases.0.lr": 0.01}, {"model.width": 6, "train.phases.0.lr": 0.002}]
+    cells = expand(load_spec(spec(grid={"train.lam": [0.01, 0.1]}, cases=cases)))
+    assert len(cells) == 2 * 2 * 2
+    assert [(c.config.model.width, c.config.train.phases[0].lr) for c in cells[::2]] == [(4, 0.01)] * 2 + [(6, 0.002)] * 2
+    assert cells[0].values == {"model.width": 4, "train.phases.0.lr": 0.01, "train.lam": 0.01, "seed": 0}
+    assert [c.config.train.lam for c in cells[:4]] == [0.01, 0.01, 0.1, 0.1]
+
+
 def test_seeds_from_trials_list_or_base_seed():
     assert {c.config.seed for c in expand(load_spec(spec(trials=3) | {"base": spec()["base"] | {"seed": 10}}))} == {10, 11, 12}
     no_trials = {k: v for k, v in spec().items() if k != "trials"}
@@ -64,6 +73,10 @@ def test_cell_ids_are_keyed_by_content_not_by_position():
         ({"base": {"members": 3}}, "base.members"),
         ({"base": {"model": {"depht": 3}}}, "base: model.depht: unknown key"),
         ({"grid": {"task.latent_dim": [2, 8], "task.rank": [3]}}, "cell task.latent_dim=2, task.rank=3, seed=0: task: rank (3)"),
+        ({"cases": [{"model.width": 4}, {"model.depth": 2}]}, "every case must set the same keys"),
+        ({"cases": [{"model.depth": 4}]}, "cases and grid both set model.depth"),
+        ({"cases": [{"model.widht": 4}]}, "cases.0 key 'model.widht'"),
+        ({"cases": [{"model.width": 4}, {"model.width": -1}]}, "cases.1: model.width"),
     ],
 )
 def test_bad_specs_fail_up_front_with_one_line_naming_the_key(fields, message):

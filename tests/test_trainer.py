@@ -132,3 +132,22 @@ def test_stop_rule_freezes_each_member_as_if_trained_alone():
         for p_group, p_alone in zip(group.parameters(), alone.parameters()):
             assert torch.equal(p_group[e], p_alone[0])
         assert final.objective.iloc[e] == res_alone.metrics.objective.iloc[-1]
+
+
+def test_mean_reduction_trains_the_sum_objective_at_d_out_times_lambda():
+    """Adam is invariant to scaling the objective, so a "mean" run at λ follows the "sum" run at
+    d_out·λ step by step, and logs its objective and mse divided by d_out."""
+    x, y = _data()
+    runs = {}
+    for reduction, lam in (("mean", 0.01), ("sum", 0.02)):
+        model = EnsembleMLP.init(1, DIMS, seeds=[0], dtype=torch.float64)
+        cfg = TrainConfig(lam=lam, mse_reduction=reduction, log_every=10,
+                          phases=[{"optimizer": "adam", "steps": 30, "lr": 0.01, "eps": 1e-30}])
+        runs[reduction] = (fit(model, x, y, cfg, progress=False), model)
+    (mean, m_model), (total, s_model) = runs["mean"], runs["sum"]
+    for a, b in zip(m_model.parameters(), s_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(torch.tensor(mean.metrics.objective.to_numpy()),
+                               torch.tensor(total.metrics.objective.to_numpy()) / 2, rtol=1e-9, atol=0)
+    torch.testing.assert_close(torch.tensor(mean.metrics.mse.to_numpy()),
+                               torch.tensor(total.metrics.mse.to_numpy()) / 2, rtol=1e-9, atol=0)

@@ -201,7 +201,7 @@ def sweep(
 def analyze(
     path: Annotated[Path, typer.Argument(help="Run directory, or a checkpoint (.safetensors) with --data or --task.")],
     data: Annotated[Optional[Path], typer.Option(help="Inputs X (N, d_in) as a .npy file.")] = None,
-    task: Annotated[Optional[Path], typer.Option(help="Run config (YAML) whose task gives X, Y and whose train.lam gives λ.")] = None,
+    task: Annotated[Optional[Path], typer.Option(help="Run config (YAML) whose task gives X, Y and whose train.lam and train.mse_reduction give the objective.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default RUN_DIR/analysis or CHECKPOINT-analysis).")] = None,
     threshold: Annotated[float, typer.Option(min=0, help="Rank threshold on singular values (relative for activations).")] = 0.1,
     curvature: Annotated[bool, typer.Option(help="Also compute the top NTK and Hessian eigenvalues (Lanczos; slow for large nets).")] = False,
@@ -225,7 +225,7 @@ def analyze(
     out = out or (path / "analysis" if path.is_dir() else path.with_name(f"{path.stem}-analysis"))
     try:
         on = resolve_device(device)
-        x = y = lam = None
+        x = y = lam = reduction = None
         if data is not None:
             try:
                 x = np.load(data, allow_pickle=False)
@@ -234,8 +234,9 @@ def analyze(
         elif task is not None:
             cfg = load_run_config(task)
             task_data = make_task(cfg.task)
-            x, y, lam = task_data.x_train, task_data.y_train, cfg.train.lam
-        result = run_analysis(path, x, threshold=threshold, Y=y, lam=lam, curvature=curvature, device=on)
+            x, y, lam, reduction = task_data.x_train, task_data.y_train, cfg.train.lam, cfg.train.mse_reduction
+        result = run_analysis(path, x, threshold=threshold, Y=y, lam=lam, curvature=curvature, mse_reduction=reduction,
+                              device=on)
         result.to_parquet(out)
         fig = plot_weight_spectra(result.layers, threshold, title=f"Weight spectra of {path.name}")
         for fmt in ("png", "svg"):

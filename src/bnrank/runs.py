@@ -113,7 +113,7 @@ def _summary(cfg: RunConfig, model: EnsembleMLP, task: TaskData, result, device)
     last = result.metrics[result.metrics.step == result.metrics.step.max()].sort_values("member")
     with torch.no_grad():
         dt = model.weights[0].dtype
-        test = mse(model(task.x_test.to(device, dt)), task.y_test.to(device, dt)).cpu().tolist() if task.x_test.shape[0] else [float("nan")] * model.members
+        test = mse(model(task.x_test.to(device, dt)), task.y_test.to(device, dt), cfg.train.mse_reduction).cpu().tolist() if task.x_test.shape[0] else [float("nan")] * model.members
     lams = per_member(cfg.train.lam, cfg.members)
     scales = per_member(cfg.model.init_scale, cfg.members)
     members = []

@@ -157,7 +157,8 @@ def _measure(spec: Preset, trained) -> dict:
     gen = torch.Generator().manual_seed(spec.seed)
     lam = per_member(cfg.train.lam, cfg.members)[0]
 
-    layers = analyze(net, task.x_train, threshold=spec.threshold, Y=task.y_train, lam=lam).layers
+    layers = analyze(net, task.x_train, threshold=spec.threshold, Y=task.y_train, lam=lam,
+                     mse_reduction=cfg.train.mse_reduction).layers
     ranks = [int(r) for r in layers["rank"]]
     bottleneck, k = bottleneck_layers(ranks)
 

@@ -14,12 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from bnrank.atomic import write_parquet
-from bnrank.errors import DataError, ModelError, StoreError
+from bnrank.errors import ConfigError, DataError, ModelError, StoreError
 from bnrank.measure.activations import layer_inputs, nonlinearity_impact, post_activations, relative_rank, spectra
 from bnrank.measure.curvature import hessian_top, ntk_top, ntk_trace
 from bnrank.measure.jacobian import default_rtol, input_jacobians, jacobian_rank, jacobian_spectra, log_pdet, schatten
 from bnrank.measure.weights import count_above, count_near_one, layer_budget, weight_spectra
 from bnrank.models import EnsembleMLP
+from bnrank.train.objective import mse_scale
 from bnrank.train.rebalance import layer_balance_errors
 
 MEASURE_DTYPE = torch.float64
@@ -53,6 +54,7 @@ def analyze(
     *,
     jac_rtol: float | None = None,
     curvature: bool = False,
+    mse_reduction: str | None = None,
     device: torch.device | str | None = None,
 ) -> Analysis:
     """Measure weights, representations, input Jacobians and curvature of every member.
@@ -62,6 +64,8 @@ def analyze(
     checkpoint file.
     X: inputs (N, d_in), a tensor or array. Y: targets (N, d_out), needed for the Hessian.
     lam: λ of the objective (one value or one per member; default 0, or the run's λ).
+    mse_reduction: the objective's fit term, "sum" (1/N)Σ‖f − y‖² or "mean" (that / d_out); see
+    bnrank.train.objective (default "sum", or the run's train.mse_reduction).
     threshold: singular values of W_ℓ above it count towards `rank` (the paper uses 0.1); the
     activation ranks use it relative to the largest singular value.
     jac_rtol: a singular value of Jf(x) counts as nonzero when it is > jac_rtol × the largest
@@ -101,7 +105,8 @@ def analyze(
         hessian_top = λ_max of the Hessian of (1/N)Σ‖f(x_i) − y_i‖² + λ‖θ‖² (NaN without Y or curvature);
         lam, mse, objective = mse + λ‖θ‖² (NaN without Y).
     """
-    net, x, y, lams = _resolve(model, X, Y, lam, device)
+    net, x, y, lams, reduction = _resolve(model, X, Y, lam, mse_reduction, device)
+    scale = mse_scale(reduction, net.dims[-1])
     clock = _Clock()
     W, B = [w.detach() for w in net.weights], [b.detach() for b in net.biases]
     E, L, N = net.members, net.depth, x.shape[0]
@@ -137,7 +142,7 @@ def analyze(
         nan = x.new_full((E,), float("nan"))
         top_ntk = ntk_top(W, inputs, preacts) if curvature else nan
         clock.lap("ntk_top")
-        top_hess = hessian_top(W, inputs, preacts, y, lams) if curvature and y is not None else nan
+        top_hess = hessian_top(W, inputs, preacts, y, lams, scale) if curvature and y is not None else nan
         clock.lap("hessian_top")
 
         k = jrank.max(1).values
@@ -147,7 +152,7 @@ def analyze(
         norm_sq = net.param_norm_sq()
         balance = torch.cat([layer_balance_errors(net), nan[:, None]], 1)
         sq_error = (preacts[-1] - y).square().sum(-1) if y is not None else x.new_full((E, N), float("nan"))
-        mse = sq_error.mean(1)
+        mse = sq_error.mean(1) * scale
         lam_t = torch.tensor(lams, dtype=MEASURE_DTYPE, device=x.device)
 
         layers = pd.DataFrame({
@@ -233,11 +238,12 @@ def _arrays(per_layer: Sequence[Tensor]) -> list[np.ndarray]:
 # -- input resolution -------------------------------------------------------------------------------
 
 
-def _resolve(model, X, Y, lam, device) -> tuple[EnsembleMLP, Tensor, Tensor | None, list[float]]:
-    """(float64 copy of the ensemble on `device` (None: its own), x, y or None, λ per member)."""
-    run_lam = None
+def _resolve(model, X, Y, lam, reduction, device) -> tuple[EnsembleMLP, Tensor, Tensor | None, list[float], str]:
+    """(float64 copy of the ensemble on `device` (None: its own), x, y or None, λ per member,
+    mse reduction)."""
+    run_lam = run_reduction = None
     if isinstance(model, (str, Path)):
-        model, X, Y, run_lam = _load(Path(model), X, Y)
+        model, X, Y, run_lam, run_reduction = _load(Path(model), X, Y)
     if isinstance(model, EnsembleMLP):
         to = dict(dtype=MEASURE_DTYPE, device=device)
         net = EnsembleMLP([w.detach().to(**to) for w in model.weights], [b.detach().to(**to) for b in model.biases])
@@ -257,11 +263,15 @@ def _resolve(model, X, Y, lam, device) -> tuple[EnsembleMLP, Tensor, Tensor | No
         raise DataError(f"Y has {y.shape[0]} rows but X has {x.shape[0]}")
     lam = run_lam if lam is None else lam
     lams = [0.0] * net.members if lam is None else _per_member(lam, net.members)
-    return net, x, y, lams
+    reduction = reduction or run_reduction or "sum"
+    if reduction not in ("sum", "mean"):
+        raise ConfigError(f"mse_reduction must be 'sum' or 'mean', got {reduction!r}")
+    return net, x, y, lams, reduction
 
 
 def _load(path: Path, X, Y):
-    """(model, X, Y, λ) from a run directory (its training data and λ unless given) or a checkpoint."""
+    """(model, X, Y, λ, mse reduction) from a run directory (its training data, λ and reduction
+    unless given) or a checkpoint (λ and reduction None)."""
     from bnrank.checkpoint import load_checkpoint
     from bnrank.runs import load_run
 
@@ -270,9 +280,9 @@ def _load(path: Path, X, Y):
         if X is None:
             X = run.task.x_train
             Y = run.task.y_train if Y is None else Y
-        return run.model, X, Y, run.config.train.lam
+        return run.model, X, Y, run.config.train.lam, run.config.train.mse_reduction
     if path.is_file():
-        return load_checkpoint(path, dtype=MEASURE_DTYPE), X, Y, None
+        return load_checkpoint(path, dtype=MEASURE_DTYPE), X, Y, None, None
     raise StoreError(f"no run directory or checkpoint at {path}")
 
 

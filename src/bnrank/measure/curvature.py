@@ -136,13 +136,17 @@ def ntk_top(weights: Sequence[Tensor], inputs: Sequence[Tensor], preacts: Sequen
 
 
 def hessian_top(
-    weights: Sequence[Tensor], inputs: Sequence[Tensor], preacts: Sequence[Tensor], y: Tensor, lam: Sequence[float]
+    weights: Sequence[Tensor], inputs: Sequence[Tensor], preacts: Sequence[Tensor], y: Tensor, lam: Sequence[float],
+    mse_scale: float = 1.0,
 ) -> Tensor:
-    """Top Hessian eigenvalue of (1/N)Σ‖f(x_i) − y_i‖² + λ_e‖θ‖² for every member e: (E,). y: (N, d_out)."""
+    """Top Hessian eigenvalue of s·(1/N)Σ‖f(x_i) − y_i‖² + λ_e‖θ‖² for every member e: (E,).
+    y: (N, d_out); s = `mse_scale` (1/d_out for the "mean" objective)."""
     ref = preacts[-1]
     tops = []
     for e in range(ref.shape[0]):
         net = _Linearized(_member(weights, e), _member(inputs, e), _member(preacts, e))
         n_params = sum(net.sizes)
-        tops.append(top_eigenvalue(partial(net.hvp, y=y, lam=float(lam[e])), n_params, ref.dtype, ref.device))
+        # s·H_sum + 2λI = s·(H_sum + 2(λ/s)I): the "sum" product at λ/s, scaled
+        hvp = partial(net.hvp, y=y, lam=float(lam[e]) / mse_scale)
+        tops.append(top_eigenvalue(lambda u, hvp=hvp: mse_scale * hvp(u), n_params, ref.dtype, ref.device))
     return torch.tensor(tops, dtype=ref.dtype, device=ref.device)

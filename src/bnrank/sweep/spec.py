@@ -10,6 +10,9 @@ A spec is YAML (or a dict); unknown keys are errors:
     grid:                       # dotted config keys → values; the cells are their product
       model.depth: [4, 8, 12]
       train.lam: [0.001, 0.01]
+    cases:                      # optional: settings that go together (keys → values), each
+      - {model.width: 50, train.phases.0.lr: 0.003}     # case crossed with the grid
+      - {model.width: 100, train.phases.0.lr: 0.001}
     trials: 4                   # seeds base.seed + 0..3 (or `seeds: [0, 7, 9]`)
     max_members: 16             # at most this many cells train together as one ensemble
     batch_coupled: false        # batch cells whose trainer settings couple members (grouping.py)
@@ -17,7 +20,7 @@ A spec is YAML (or a dict); unknown keys are errors:
     analyze_points: 64          # ... on at most this many training inputs
     analyze_curvature: true     # ... including the top NTK / Hessian eigenvalues (the slow part)
 
-A **cell** is one network: the base with one grid combination and one seed applied, validated as
+A **cell** is one network: the base with one case, one grid combination and one seed applied, validated as
 a single-member RunConfig. Its ``cell_id`` is a hash of that resolved config (every default
 written out), so a sweep directory is resumed by content: the same config always has the same
 id, whatever the grid order or the spec's other cells. Because defaults are part of the hash, a
@@ -27,6 +30,8 @@ resume such a directory (its saved resolved spec differs) rather than mix old an
 Grid keys are applied to the resolved base (all defaults present), so list items can be
 addressed (``train.phases.1.lr``) and a misspelled key fails at once with one line naming it.
 The cell seed is set by ``seeds``/``trials``; ``seed``, ``seeds`` and ``members`` are not grid keys.
+A grid is a product; ``cases`` pair settings a product can't (each depth with its own training
+recipe): a case's keys may not also be grid keys, and every case names the same keys.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class SweepSpec(StrictModel):
     name: str = "sweep"
     base: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    cases: list[dict[str, Any]] = Field(default_factory=list)
     seeds: list[int] | None = None
     trials: int | None = Field(None, gt=0)
     max_members: int = Field(16, gt=0)
@@ -72,6 +78,12 @@ class SweepSpec(StrictModel):
         for key, values in self.grid.items():
             if not values:
                 raise ValueError(f"grid {key}: needs at least one value")
+        if self.cases:
+            keys = list(self.cases[0])
+            if not keys or any(list(case) != keys for case in self.cases):
+                raise ValueError("cases: every case must set the same keys, in the same order (at least one)")
+            if both := sorted(set(keys) & set(self.grid)):
+                raise ValueError(f"cases and grid both set {', '.join(both)}")
         return self
 
     def cell_seeds(self) -> list[int]:
@@ -182,12 +194,14 @@ def _apply_override(data: dict, item: str) -> None:
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
-    """All cells of `spec`, in order: grid combinations (first key slowest), seeds innermost.
+    """All cells of `spec`, in order: cases slowest, then grid combinations (first key slowest),
+    seeds innermost.
 
     Raises ConfigError, naming the key and value, when a grid key is not a config key, a value
     does not validate, a combination is invalid, or two cells resolve to the same config.
     """
-    for key in spec.grid:
+    case_keys = list(spec.cases[0]) if spec.cases else []
+    for key in [*spec.grid, *case_keys]:
         if key.split(".")[0] in RESERVED_KEYS:
             raise ConfigError(f"grid key {key!r}: set seeds with the spec's seeds or trials")
     base = spec.base
@@ -196,22 +210,34 @@ def expand(spec: SweepSpec) -> list[Cell]:
             data = copy.deepcopy(base)
             assign(data, key, value)
             validate(RunConfig, data, source=f"grid {key}={value!r}")
+    for i, case in enumerate(spec.cases):
+        data = copy.deepcopy(base)
+        for key, value in case.items():
+            assign(data, key, value, what=f"cases.{i} key")
+        validate(RunConfig, data, source=f"cases.{i}")
     cells: list[Cell] = []
     seen: dict[str, dict] = {}
-    keys = list(spec.grid)
-    for combo in itertools.product(*spec.grid.values()):
-        for seed in spec.cell_seeds():
-            data = copy.deepcopy(base)
-            for key, value in zip(keys, combo):
-                assign(data, key, value)
-            data["seed"] = seed
-            label = ", ".join(f"{k}={v!r}" for k, v in [*zip(keys, combo), ("seed", seed)])
-            config = validate(RunConfig, data, source=f"cell {label}")
-            resolved = config.model_dump(mode="json")
-            values = {key: lookup(resolved, key) for key in keys} | {"seed": seed}
-            cid = cell_id(config)
-            if cid in seen:
-                raise ConfigError(f"cells {seen[cid]} and {values} resolve to the same config (repeated grid values?)")
-            seen[cid] = values
-            cells.append(Cell(cid, len(cells), config, values))
+    keys = case_keys + list(spec.grid)
+    for case in spec.cases or [{}]:
+        for combo in itertools.product(*spec.grid.values()):
+            _add_cells(spec, cells, seen, keys, [*case.values(), *combo])
     return cells
+
+
+def _add_cells(spec: SweepSpec, cells: list[Cell], seen: dict[str, dict], keys: list[str], combo: list[Any]) -> None:
+    """Append the cells of one (case, grid combination), one per seed, to `cells` (see `expand`)."""
+    base = spec.base
+    for seed in spec.cell_seeds():
+        data = copy.deepcopy(base)
+        for key, value in zip(keys, combo):
+            assign(data, key, value)
+        data["seed"] = seed
+        label = ", ".join(f"{k}={v!r}" for k, v in [*zip(keys, combo), ("seed", seed)])
+        config = validate(RunConfig, data, source=f"cell {label}")
+        resolved = config.model_dump(mode="json")
+        values = {key: lookup(resolved, key) for key in keys} | {"seed": seed}
+        cid = cell_id(config)
+        if cid in seen:
+            raise ConfigError(f"cells {seen[cid]} and {values} resolve to the same config (repeated grid values?)")
+        seen[cid] = values
+        cells.append(Cell(cid, len(cells), config, values))

@@ -89,7 +89,7 @@ def run_group(group: Group) -> GroupResult:
         if tasks[0].x_test.shape[0]:
             x_test = _stack([t.x_test for t in tasks], shared).to(device, dtype)
             y_test = _stack([t.y_test for t in tasks], shared).to(device, dtype)
-            test_mse = mse(model(x_test), y_test).cpu().tolist()
+            test_mse = mse(model(x_test), y_test, first.train.mse_reduction).cpu().tolist()
         else:
             test_mse = [float("nan")] * group.members
     model = model.cpu()
@@ -148,6 +148,7 @@ def analyze_group(model: EnsembleMLP, tasks: list[TaskData], by_task: dict[str, 
         lam = [per_member(group.cells[e].config.train.lam, 1)[0] for e in members]
         result = analyze(
             model.select(members), task.x_train[:n], threshold=RANK_THRESHOLD, Y=task.y_train[:n], lam=lam,
+            mse_reduction=group.cells[0].config.train.mse_reduction,
             curvature=group.analyze_curvature,
         )
         for name in ANALYZE_TABLES:

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 
 from bnrank.models import EnsembleMLP
+from bnrank.train.flat import FlatParameters
+from bnrank.train.objective import MseReduction, mse_scale
 
 
 class Workspace:
@@ -35,13 +37,17 @@ class Workspace:
 
 
 def objective_and_grads(
-    model: EnsembleMLP, x: Tensor, y: Tensor, lam: Tensor, workspace: Workspace | None = None
+    model: EnsembleMLP, x: Tensor, y: Tensor, lam: Tensor, workspace: Workspace | None = None,
+    reduction: MseReduction = "sum", flat: FlatParameters | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
-    """(objective, mse, ‖θ‖², grads) for C = (1/N)Σ‖f(x_i) − y_i‖² + λ‖θ‖², per member.
+    """(objective, mse, ‖θ‖², grads) for C = (1/N)Σ‖f(x_i) − y_i‖² + λ‖θ‖², per member
+    (the squared error divided by d_out with reduction "mean", see `bnrank.train.objective`).
 
     x: (N, d_in) or (E, N, d_in); y: (N, d_out) or (E, N, d_out); lam: (E,).
     grads is ordered like ``model.parameters()``: dC/dW_1..dC/dW_L, then dC/db_1..dC/db_L.
-    With a `workspace`, activations and gradients live in its buffers (see `Workspace`).
+    With a `workspace`, activations and gradients live in its buffers (see `Workspace`); with
+    `flat` (the model's parameters bound to it), the gradients are written to ``flat.grads``, so
+    ``flat.grad`` (E, P) holds them all, and the penalty and ‖θ‖² take one op each.
     """
     ws = workspace if workspace is not None else Workspace()
     weights, biases = list(model.weights), list(model.biases)
@@ -57,20 +63,26 @@ def objective_and_grads(
             if layer < depth - 1:
                 a.clamp_(min=0)
         residual = a.sub_(y)
-        mse = residual.square().sum(-1).mean(-1)
-        norm_sq = model.param_norm_sq()
+        scale = mse_scale(reduction, residual.shape[-1])
+        mse = residual.square().sum(-1).mean(-1) * scale
+        norm_sq = torch.linalg.vecdot(flat.data, flat.data) if flat is not None else model.param_norm_sq()
         objective = mse + lam * norm_sq
         two_lam = 2 * lam
-        delta = residual.mul_(2.0 / n)  # dC/dα_L: (E, N, d_out)
+        delta = residual.mul_(2.0 * scale / n)  # dC/dα_L: (E, N, d_out)
         grad_w: list[Tensor] = [None] * depth  # type: ignore[list-item]
         grad_b: list[Tensor] = [None] * depth  # type: ignore[list-item]
         for layer in reversed(range(depth)):
             w, b, a = weights[layer], biases[layer], inputs[layer]
-            gw = torch.bmm(delta.transpose(1, 2), a, out=ws.get("grad_w", layer, w.shape, w))
-            grad_w[layer] = gw.addcmul_(w, two_lam.view(-1, 1, 1))
-            gb = torch.sum(delta, 1, out=ws.get("grad_b", layer, b.shape, b))
-            grad_b[layer] = gb.addcmul_(b, two_lam.view(-1, 1))
+            out_w = flat.grads[layer] if flat is not None else ws.get("grad_w", layer, w.shape, w)
+            out_b = flat.grads[depth + layer] if flat is not None else ws.get("grad_b", layer, b.shape, b)
+            grad_w[layer] = torch.bmm(delta.transpose(1, 2), a, out=out_w)
+            grad_b[layer] = torch.sum(delta, 1, out=out_b)
+            if flat is None:
+                grad_w[layer].addcmul_(w, two_lam.view(-1, 1, 1))
+                grad_b[layer].addcmul_(b, two_lam.view(-1, 1))
             if layer > 0:
                 below = torch.bmm(delta, w, out=ws.get("delta", layer, a.shape, w))
                 delta = torch.ops.aten.threshold_backward.grad_input(below, a, 0, grad_input=below)
+        if flat is not None:
+            flat.grad.addcmul_(flat.data, two_lam.view(-1, 1))
     return objective, mse, norm_sq, grad_w + grad_b

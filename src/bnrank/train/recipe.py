@@ -38,9 +38,14 @@ import math
 from typing import Any
 
 from bnrank.config import Phase, StopRule, TrainConfig
+from bnrank.train.objective import mse_scale
 
 LAM_START_MAX = 0.01
-"""The annealed λ starts at min(λ · lam_start_factor, LAM_START_MAX) (never below λ)."""
+"""The annealed λ starts at min(λ · lam_start_factor, LAM_START_MAX) (never below λ), λ in the
+"sum" convention of the objective: for a "mean" objective the cap is LAM_START_MAX / d_out (its
+λ is worth d_out times more, bnrank.train.objective). Above the cap, the small init's data
+gradient loses to the penalty and the net collapses to θ = 0 (seen at a "mean" start of 0.01,
+every depth 6–24 of the Figure 1 task)."""
 
 
 def middle_layer(depth: int) -> int:
@@ -57,6 +62,12 @@ def default_init_scale(depth: int) -> float:
     return 2.0 ** (-8.0 / depth)
 
 
+def default_phase_steps(depth: int) -> tuple[int, int, int]:
+    """(adam, descent, polish) steps of the recipe at `depth`: 4000, 8000, 12000 times max(1, L/8)."""
+    scale = max(1.0, depth / 8)
+    return int(4000 * scale), int(8000 * scale), int(12000 * scale)
+
+
 def default_train_config(
     depth: int,
     lam: float | list[float] = 1e-3,
@@ -70,24 +81,31 @@ def default_train_config(
     window: int = 1000,
     balance_tol: float = 0.01,
     log_every: int = 200,
+    mse_reduction: str = "sum",
+    d_out: int | None = None,
 ) -> TrainConfig:
     """The default TrainConfig for a net of `depth` weight matrices at regularization `lam`.
 
     Phase lengths default to functions of the depth (deeper nets need more steps);
-    `polish_steps` is a cap, training stops earlier when the stop rule holds.
+    `polish_steps` is a cap, training stops earlier when the stop rule holds. With
+    `mse_reduction` "mean" (bnrank.train.objective), `d_out` (the output dimension) is needed to
+    express the λ start cap (LAM_START_MAX) in that convention.
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     lams = lam if isinstance(lam, list) else [lam]
     if not lams or min(lams) < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
-    scale = max(1.0, depth / 8)
-    adam_lr = adam_lr if adam_lr is not None else 3e-3 / scale
-    adam_steps = adam_steps if adam_steps is not None else int(4000 * scale)
-    descent_steps = descent_steps if descent_steps is not None else int(8000 * scale)
-    polish_steps = polish_steps if polish_steps is not None else int(12000 * scale)
+    adam_lr = adam_lr if adam_lr is not None else 3e-3 / max(1.0, depth / 8)
+    steps = default_phase_steps(depth)
+    adam_steps = adam_steps if adam_steps is not None else steps[0]
+    descent_steps = descent_steps if descent_steps is not None else steps[1]
+    polish_steps = polish_steps if polish_steps is not None else steps[2]
+    if mse_reduction == "mean" and d_out is None:
+        raise ValueError("mse_reduction 'mean' needs d_out (the λ start cap depends on it)")
+    lam_cap = LAM_START_MAX * mse_scale(mse_reduction, d_out or 1)
     lam_max = max(lams)
-    start = min(lam_start_factor, LAM_START_MAX / lam_max) if lam_max > 0 else 1.0
+    start = min(lam_start_factor, lam_cap / lam_max) if lam_max > 0 else 1.0
     start = max(start, 1.0)
     phases = [
         Phase(optimizer="adam", steps=adam_steps, lr=adam_lr, schedule="cosine", final_lr_factor=0.03,
@@ -97,16 +115,20 @@ def default_train_config(
     ]
     stop = StopRule(window=window, rel_tol=rel_tol, balance_tol=balance_tol,
                     min_steps=adam_steps + descent_steps + window)
-    return TrainConfig(lam=lam, phases=phases, log_every=log_every, stop=stop)
+    return TrainConfig(lam=lam, mse_reduction=mse_reduction, phases=phases, log_every=log_every, stop=stop)
 
 
 def apply_recipe(config: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """A run-config dict with `model.init_scale` and `train` set by the recipe for its depth and λ.
 
-    Keeps the dict's task, model depth/width, members and seeds; `train.lam` (default 1e-3) and
-    `train.log_every` are kept if present. kwargs go to `default_train_config`.
+    Keeps the dict's task, model depth/width, members and seeds; `train.lam` (default 1e-3),
+    `train.mse_reduction` and `train.log_every` are kept if present. kwargs go to
+    `default_train_config`.
     """
     import copy
+
+    from bnrank.config import RunConfig, validate
+    from bnrank.tasks import make_task
 
     out = copy.deepcopy(config)
     model = out.setdefault("model", {})
@@ -115,6 +137,9 @@ def apply_recipe(config: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     lam = train.get("lam", 1e-3)
     if "log_every" in train:
         kwargs.setdefault("log_every", train["log_every"])
+    if train.get("mse_reduction", "sum") == "mean":
+        kwargs.setdefault("mse_reduction", "mean")
+        kwargs.setdefault("d_out", make_task(validate(RunConfig, out).task).d_out)
     model["init_scale"] = default_init_scale(depth)
     out["train"] = default_train_config(depth, lam, **kwargs).model_dump(mode="json", exclude_defaults=True)
     out["train"]["lam"] = lam

@@ -40,8 +40,11 @@ MOMENTUM_RANGE = (0.9, 0.9995)
 needs more than 2000 steps to forget a kink of the ReLU landscape."""
 
 
-def top_hessian_eigenvalue(model, x: Tensor, y: Tensor, lam: Tensor, iters: int = 20, seed: int = 0) -> Tensor:
-    """Top Hessian eigenvalue of each member's objective (1/N)Σ‖f − y‖² + λ‖θ‖²: (E,).
+def top_hessian_eigenvalue(
+    model, x: Tensor, y: Tensor, lam: Tensor, iters: int = 20, seed: int = 0, reduction: str = "sum"
+) -> Tensor:
+    """Top Hessian eigenvalue of each member's objective (1/N)Σ‖f − y‖² + λ‖θ‖²: (E,)
+    (the squared error divided by d_out with `reduction` "mean").
 
     Power iteration on Hessian-vector products (autograd double backward), one batched product
     per iteration for all members: the objective is a sum over members, so its Hessian is block
@@ -66,7 +69,7 @@ def top_hessian_eigenvalue(model, x: Tensor, y: Tensor, lam: Tensor, iters: int 
     v = normalized(v)
     eig = torch.zeros(model.members, dtype=params[0].dtype, device=params[0].device)
     with torch.enable_grad():
-        obj, _, _ = objective(model, x, y, lam)
+        obj, _, _ = objective(model, x, y, lam, reduction)
         grads = torch.autograd.grad(obj.sum(), params, create_graph=True)
         for _ in range(iters):
             hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
@@ -75,14 +78,14 @@ def top_hessian_eigenvalue(model, x: Tensor, y: Tensor, lam: Tensor, iters: int 
     return eig.detach()
 
 
-def resolve_phase(phase, model, x: Tensor, y: Tensor, lam: Tensor):
+def resolve_phase(phase, model, x: Tensor, y: Tensor, lam: Tensor, reduction: str = "sum"):
     """The phase with curvature-scaled settings made concrete at the current parameters.
 
     `lr_sharpness = c` → lr = c / h_max per member (h_max from `top_hessian_eigenvalue`, at the
     phase's starting λ; a member whose h_max is not finite and positive keeps `phase.lr`), so a
     member's lr does not depend on its ensemble; `momentum = "auto"` → μ = (1 − √(2λ·lr))² for the member with the
     smallest λ·lr, clipped to MOMENTUM_RANGE. A phase without either is returned unchanged.
-    lam: (E,) target λ of every member.
+    lam: (E,) target λ of every member; reduction: the objective's ("sum" or "mean").
     """
     if phase.lr_sharpness is None and phase.momentum != "auto":
         return phase
@@ -90,7 +93,7 @@ def resolve_phase(phase, model, x: Tensor, y: Tensor, lam: Tensor):
     lr = torch.tensor(per_member(phase.lr, model.members), dtype=torch.float64)
     if phase.lr_sharpness is not None:
         lam_start = lam * lam_factor(phase, 0)
-        h = top_hessian_eigenvalue(model, x, y, lam_start, iters=phase.sharpness_iters).double().cpu()
+        h = top_hessian_eigenvalue(model, x, y, lam_start, iters=phase.sharpness_iters, reduction=reduction).double().cpu()
         h = torch.where(torch.isfinite(h) & (h > 0), h, torch.full_like(h, float("nan")))
         # a member whose curvature is unusable (non-finite or ≤ 0) keeps the phase's own lr
         lr = torch.where(torch.isfinite(h), phase.lr_sharpness / h, lr)

@@ -24,6 +24,7 @@ from bnrank.config import StopRule, TrainConfig, per_member
 from bnrank.errors import DataError
 from bnrank.models import EnsembleMLP
 from bnrank.train.backprop import Workspace, objective_and_grads
+from bnrank.train.flat import FlatParameters
 from bnrank.train.optim import make_optimizer
 from bnrank.train.rebalance import balance_error, rebalance_
 from bnrank.train.schedules import lam_factor, lr_factor, resolve_phase
@@ -94,7 +95,6 @@ def fit(
             raise DataError(f"training {name} contains NaN or inf")
     as_vec = lambda v: torch.tensor(v, dtype=ref.dtype, device=ref.device)  # noqa: E731
     lam_base = as_vec(lam if lam is not None else per_member(config.lam, E))
-    params = list(model.parameters())
     alive = torch.ones(E, dtype=torch.bool, device=ref.device)  # not diverged
     done = torch.zeros(E, dtype=torch.bool, device=ref.device)  # met the stop rule: frozen
     diverged_at = torch.full((E,), -1, dtype=torch.long, device=ref.device)
@@ -111,8 +111,8 @@ def fit(
     def log(phase_idx: int, lr: Tensor, lam_t: Tensor) -> Tensor:
         """Record diagnostics at the current parameters, freeze members that meet the stop rule;
         returns the objective (E,) on the CPU in float64."""
-        obj, err, norm, grads = objective_and_grads(model, x, y, lam_t, workspace)
-        gnorm = sum(g.square().flatten(1).sum(1) for g in grads).sqrt()
+        obj, err, norm, _ = objective_and_grads(model, x, y, lam_t, workspace, config.mse_reduction, flat)
+        gnorm = torch.linalg.vector_norm(flat.grad, dim=1)
         bal = balance_error(model)
         now = obj.double().cpu()
         history.append((step, now))
@@ -130,11 +130,11 @@ def fit(
             rows.append({"step": step, "phase": phase_idx, "member": e} | {k: v[e] for k, v in values.items()})
         return now
 
-    with _progress(show) as bar:
+    with FlatParameters(model) as flat, _progress(show) as bar:
         task = bar.add_task("training", total=total_steps, info="")
         for phase_idx, phase in enumerate(config.phases):
-            phase = resolve_phase(phase, model, x, y, lam_base)  # curvature-scaled lr/momentum (schedules.py)
-            opt = make_optimizer(phase, params)
+            phase = resolve_phase(phase, model, x, y, lam_base, config.mse_reduction)  # curvature-scaled lr/momentum (schedules.py)
+            opt = make_optimizer(phase, flat.data)
             lr_base = as_vec(per_member(phase.lr, E))
             batch = phase.batch_size
             perm = torch.randperm(n, generator=gen).to(ref.device) if batch else None  # drawn on the CPU: same batches on any device
@@ -152,12 +152,12 @@ def fit(
                     xb, yb = x[..., idx, :], y[..., idx, :]
                 else:
                     xb, yb = x, y
-                obj, _, _, grads = objective_and_grads(model, xb, yb, lam_t, workspace)
+                obj, _, _, _ = objective_and_grads(model, xb, yb, lam_t, workspace, config.mse_reduction, flat)
                 finite = torch.isfinite(obj)
                 diverged_at = torch.where(alive & ~done & ~finite, step, diverged_at)
                 alive &= finite | done
                 training = alive & ~done
-                opt.step(grads, lr, training)
+                opt.step(flat.grad, lr, training)
                 step += 1
                 if config.rebalance_every and step % config.rebalance_every == 0:
                     rebalance_(model, active=training)
