@@ -75,8 +75,10 @@ def test_flat_parameters_give_the_same_gradients_and_restore_the_model():
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
         for g, e in zip(got[3], expected[3]):
             torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
-        # flat.grad holds every gradient, member-major, in the order of model.parameters()
-        torch.testing.assert_close(flat.grad, torch.cat([e.flatten(1) for e in expected[3]], 1), rtol=1e-12, atol=1e-12)
+        # flat.grad holds every gradient, in the order of model.parameters(); flat.member says whose
+        torch.testing.assert_close(flat.grad, torch.cat([e.flatten() for e in expected[3]]), rtol=1e-12, atol=1e-12)
+        assert torch.equal(flat.per_element(torch.tensor([0.0, 1.0, 2.0]))[: 3 * 5 * 7], torch.arange(3.0).repeat_interleave(35))
+        assert all(p.is_contiguous() for p in model.parameters())  # each parameter keeps its layout
         flat.data.mul_(2.0)  # the model's parameters are views of the buffer
         assert torch.equal(model.weights[1], 2 * before[1])
     assert all(p.is_contiguous() for p in model.parameters())

@@ -180,7 +180,7 @@ def test_backprop_and_optimizers_stay_on_the_models_device():
         assert {t.device for t in [obj, mse, norm, *grads, flat.data, flat.grad]} == {META}
         lr, active = torch.empty(2, device=META), torch.ones(2, dtype=torch.bool, device=META)
         for opt in (GD(flat.data, momentum=0.9), Adam(flat.data)):
-            opt.step(flat.grad, lr, active)
+            opt.step(flat.grad, flat.per_element(lr), flat.per_element(active))
     assert {p.device for p in model.parameters()} == {META}
 
 

@@ -11,6 +11,7 @@ from bnrank.measure.theory import fit_depth_expansion
 SUMMARY_KEYS = {"preset", "lam", "threshold", "cost_max", "rank_rule", "fit_rule", "depths", "rank_classes",
                 "acceptance", "n_networks", "n_diverged", "fig1b_trials", "sweep", "wall_time_s"}
 CLASS_KEYS = {"rank", "depths", "n_networks", "slope", "slope_stderr", "intercept", "intercept_stderr",
+              "expansion_slope", "expansion_slope_stderr", "expansion_intercept", "r2_coef",
               "r1_lower_bound", "r1_lower_bound_jac"}
 
 
@@ -37,7 +38,7 @@ def test_tiny_preset_writes_figures_tables_and_summary(tiny):
         assert set(c) == CLASS_KEYS
         assert c["depths"] == sorted(runs.loc[runs["rank"] == c["rank"], "depth"].unique().tolist())
     criteria = summary["acceptance"]["criteria"]
-    assert [c["name"] for c in criteria] == ["rank_2_range", "smaller_rank_deeper", "slope_equals_rank"]
+    assert [c["name"] for c in criteria] == ["rank_2_range", "smaller_rank_deeper", "rank_falls_with_depth", "slope_equals_rank"]
     assert all(isinstance(c["held"], bool) and c["statement"] for c in criteria)
     assert summary["acceptance"]["passed"] == all(c["held"] for c in criteria)
     assert set(summary["fig1b_trials"]) <= set(runs["cell_id"])
@@ -57,8 +58,10 @@ def test_rank_class_fits_are_fit_depth_expansion_of_one_row_per_network(tiny):
     fits = fit_depth_expansion(runs.loc[~runs["diverged"], ["depth", "param_norm_sq", "rank"]])
     assert fits["rank"].tolist() == [c["rank"] for c in summary["rank_classes"]]
     assert fits["n_networks"].tolist() == [c["n_networks"] for c in summary["rank_classes"]]
-    for fit, c in zip(fits.itertuples(), summary["rank_classes"]):
+    expansion = fit_depth_expansion(runs.loc[~runs["diverged"], ["depth", "param_norm_sq", "rank"]], with_r2=True)
+    for fit, exp, c in zip(fits.itertuples(), expansion.itertuples(), summary["rank_classes"]):
         assert (c["slope"] is None and np.isnan(fit.slope)) or c["slope"] == pytest.approx(fit.slope)
+        assert (c["expansion_slope"] is None and np.isnan(exp.slope)) or c["expansion_slope"] == pytest.approx(exp.slope)
 
 
 def _runs(rows):
@@ -86,7 +89,8 @@ def test_acceptance_holds_on_a_table_showing_the_phenomenon():
     assert depths.loc[depths.depth == 10, "ranks"].item() == [2, 3]
     result = fig1.acceptance(depths, fig1.fit_rank_classes(runs))
     held = {c["name"]: c["held"] for c in result["criteria"]}
-    assert held == {"rank_2_range": True, "smaller_rank_deeper": True, "slope_equals_rank": False}
+    assert held == {"rank_2_range": True, "smaller_rank_deeper": True, "rank_falls_with_depth": True,
+                    "slope_equals_rank": False}
     # the stuck rank-3 seed at depth 10 spoils the rank-3 slope; without it every criterion holds
     clean = runs[~((runs.depth == 10) & (runs["rank"] == 3))]
     result = fig1.acceptance(fig1.depth_table(clean), fig1.fit_rank_classes(clean))
@@ -96,6 +100,7 @@ def test_acceptance_holds_on_a_table_showing_the_phenomenon():
 @pytest.mark.parametrize("change, failing", [
     (lambda r: r.assign(mse=np.where(r.depth == 10, 0.3, r.mse)), "rank_2_range"),  # the range is broken at 10
     (lambda r: r.assign(rank=np.where(r.depth >= 16, 2, r["rank"])), "smaller_rank_deeper"),
+    (lambda r: r.assign(rank=np.where(r.depth == 5, 4, r["rank"])), "rank_falls_with_depth"),  # 3, 4, 3: rises at 5
     (lambda r: r.assign(param_norm_sq=np.where(r["rank"] == 2, 1.5 * r.depth + 25, r.param_norm_sq)), "slope_equals_rank"),
 ])
 def test_acceptance_fails_when_a_criterion_does_not_hold(change, failing):
@@ -118,3 +123,12 @@ def test_unknown_preset_and_option_fail_with_one_line(tmp_path):
         fig1.run("huge", tmp_path)
     with pytest.raises(ConfigError, match="fig1"):
         fig1.run("tiny", tmp_path, depth=3)
+
+
+def test_expansion_fit_recovers_the_rank_where_the_affine_slope_is_biased():
+    """‖θ‖² = 3L + 10 + 60/L exactly: the affine slope over L = 4..8 is well below 3, the
+    expansion's slope is 3."""
+    runs = _runs([(d, 3, 0.01, 3 * d + 10 + 60 / d) for d in (4, 5, 6, 7, 8)])
+    fit = fig1.fit_rank_classes(runs).iloc[0]
+    assert fit.slope < 2.5
+    assert fit.expansion_slope == pytest.approx(3.0) and fit.r2_coef == pytest.approx(60.0)

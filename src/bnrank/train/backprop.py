@@ -47,7 +47,7 @@ def objective_and_grads(
     grads is ordered like ``model.parameters()``: dC/dW_1..dC/dW_L, then dC/db_1..dC/db_L.
     With a `workspace`, activations and gradients live in its buffers (see `Workspace`); with
     `flat` (the model's parameters bound to it), the gradients are written to ``flat.grads``, so
-    ``flat.grad`` (E, P) holds them all, and the penalty and ‖θ‖² take one op each.
+    ``flat.grad`` holds them all, and the penalty's gradient is one op over it.
     """
     ws = workspace if workspace is not None else Workspace()
     weights, biases = list(model.weights), list(model.biases)
@@ -65,7 +65,7 @@ def objective_and_grads(
         residual = a.sub_(y)
         scale = mse_scale(reduction, residual.shape[-1])
         mse = residual.square().sum(-1).mean(-1) * scale
-        norm_sq = torch.linalg.vecdot(flat.data, flat.data) if flat is not None else model.param_norm_sq()
+        norm_sq = model.param_norm_sq()
         objective = mse + lam * norm_sq
         two_lam = 2 * lam
         delta = residual.mul_(2.0 * scale / n)  # dC/dα_L: (E, N, d_out)
@@ -84,5 +84,5 @@ def objective_and_grads(
                 below = torch.bmm(delta, w, out=ws.get("delta", layer, a.shape, w))
                 delta = torch.ops.aten.threshold_backward.grad_input(below, a, 0, grad_input=below)
         if flat is not None:
-            flat.grad.addcmul_(flat.data, two_lam.view(-1, 1))
+            flat.grad.addcmul_(flat.data, flat.per_element(two_lam))
     return objective, mse, norm_sq, grad_w + grad_b

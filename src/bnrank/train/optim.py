@@ -1,10 +1,11 @@
 """Optimizers batched over ensemble members, with a learning rate per member.
 
-They update one member-major parameter buffer (E, P) (`bnrank.train.flat.FlatParameters`) from
-a gradient buffer of the same layout, in a few whole-buffer ops and no Python loop over members
-or parameter tensors. ``step(grad, lr, active)`` takes lr of shape (E,) and a boolean mask
-`active` (E,): inactive (diverged or stopped) members are left exactly as they are (their
-optimizer state is not kept meaningful: they never become active again).
+They update one parameter buffer (`bnrank.train.flat.FlatParameters`) from a gradient buffer of
+the same layout, in a few whole-buffer ops and no Python loop over members or parameter tensors.
+``step(grad, lr, active)`` takes the learning rate and a boolean mask `active` per element
+(`FlatParameters.per_element` of per-member values): inactive (diverged or stopped) members are
+left exactly as they are (their optimizer state is not kept meaningful: they never become
+active again).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ class GD:
         with torch.no_grad():
             if self.velocity is not None:
                 grad = self.velocity.mul_(self.momentum).add_(grad)
-            torch.mul(grad, lr.view(-1, 1), out=self.update)
-            self.param.sub_(self.update.masked_fill_(~active.view(-1, 1), 0.0))
+            torch.mul(grad, lr, out=self.update)
+            self.param.sub_(self.update.masked_fill_(~active, 0.0))
 
 
 class Adam:
@@ -52,12 +53,12 @@ class Adam:
             self.m.lerp_(grad, 1 - self.beta1)
             self.v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
             denom = torch.sqrt(self.v, out=self.update).div_(math.sqrt(c2)).add_(self.eps)  # √(v/c2) + eps
-            update = torch.div(self.m, denom, out=self.update).mul_((lr / c1).view(-1, 1))
-            self.param.sub_(update.masked_fill_(~active.view(-1, 1), 0.0))
+            update = torch.div(self.m, denom, out=self.update).mul_(lr).div_(c1)
+            self.param.sub_(update.masked_fill_(~active, 0.0))
 
 
 def make_optimizer(phase, param: Tensor):
-    """The optimizer a `Phase` config names, for the (E, P) parameter buffer `param`."""
+    """The optimizer a `Phase` config names, for the parameter buffer `param`."""
     if phase.optimizer == "adam":
         return Adam(param, betas=tuple(phase.betas), eps=phase.eps)
     return GD(param, momentum=phase.momentum)

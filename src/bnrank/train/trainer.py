@@ -112,7 +112,7 @@ def fit(
         """Record diagnostics at the current parameters, freeze members that meet the stop rule;
         returns the objective (E,) on the CPU in float64."""
         obj, err, norm, _ = objective_and_grads(model, x, y, lam_t, workspace, config.mse_reduction, flat)
-        gnorm = torch.linalg.vector_norm(flat.grad, dim=1)
+        gnorm = sum(g.square().flatten(1).sum(1) for g in flat.grads).sqrt()
         bal = balance_error(model)
         now = obj.double().cpu()
         history.append((step, now))
@@ -157,7 +157,7 @@ def fit(
                 diverged_at = torch.where(alive & ~done & ~finite, step, diverged_at)
                 alive &= finite | done
                 training = alive & ~done
-                opt.step(flat.grad, lr, training)
+                opt.step(flat.grad, flat.per_element(lr), flat.per_element(training))
                 step += 1
                 if config.rebalance_every and step % config.rebalance_every == 0:
                     rebalance_(model, active=training)
