@@ -84,3 +84,14 @@ def test_flat_parameters_give_the_same_gradients_and_restore_the_model():
     assert all(p.is_contiguous() for p in model.parameters())
     flat.data.zero_()  # after the block the model has its own storage again
     assert torch.equal(model.weights[1], 2 * before[1])
+
+
+def test_per_element_spreads_member_values_and_regathers_only_on_change():
+    model = EnsembleMLP.init(2, [3, 4, 2], seeds=[0, 1], dtype=torch.float64)
+    with FlatParameters(model) as flat:
+        first = flat.per_element(torch.tensor([1.0, 2.0], dtype=torch.float64), "lr")
+        assert first.shape == flat.data.shape
+        assert torch.equal(first[: 2 * 12], torch.tensor([1.0, 2.0], dtype=torch.float64).repeat_interleave(12))
+        assert flat.per_element(torch.tensor([1.0, 2.0], dtype=torch.float64), "lr") is first
+        changed = flat.per_element(torch.tensor([3.0, 2.0], dtype=torch.float64), "lr")
+        assert changed.data_ptr() == first.data_ptr() and changed[0] == 3.0 and changed[-1] == 2.0

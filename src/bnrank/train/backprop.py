@@ -47,7 +47,7 @@ def objective_and_grads(
     grads is ordered like ``model.parameters()``: dC/dW_1..dC/dW_L, then dC/db_1..dC/db_L.
     With a `workspace`, activations and gradients live in its buffers (see `Workspace`); with
     `flat` (the model's parameters bound to it), the gradients are written to ``flat.grads``, so
-    ``flat.grad`` holds them all, and the penalty's gradient is one op over it.
+    ``flat.grad`` holds them all.
     """
     ws = workspace if workspace is not None else Workspace()
     weights, biases = list(model.weights), list(model.biases)
@@ -77,12 +77,9 @@ def objective_and_grads(
             out_b = flat.grads[depth + layer] if flat is not None else ws.get("grad_b", layer, b.shape, b)
             grad_w[layer] = torch.bmm(delta.transpose(1, 2), a, out=out_w)
             grad_b[layer] = torch.sum(delta, 1, out=out_b)
-            if flat is None:
-                grad_w[layer].addcmul_(w, two_lam.view(-1, 1, 1))
-                grad_b[layer].addcmul_(b, two_lam.view(-1, 1))
+            grad_w[layer].addcmul_(w, two_lam.view(-1, 1, 1))
+            grad_b[layer].addcmul_(b, two_lam.view(-1, 1))
             if layer > 0:
                 below = torch.bmm(delta, w, out=ws.get("delta", layer, a.shape, w))
                 delta = torch.ops.aten.threshold_backward.grad_input(below, a, 0, grad_input=below)
-        if flat is not None:
-            flat.grad.addcmul_(flat.data, flat.per_element(two_lam))
     return objective, mse, norm_sq, grad_w + grad_b

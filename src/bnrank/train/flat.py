@@ -8,8 +8,8 @@ model becomes a view of one contiguous block of it (W_1..W_L, then b_1..b_L, the
 exactly the memory layout it had and a member's arithmetic does not depend on its ensemble).
 ``grad`` has the same layout and its views ``grads`` receive the backward pass
 (`bnrank.train.backprop.objective_and_grads(..., flat=...)`); ``member`` gives the member of
-every element, so per-member values (lr, λ, an active mask) spread over the buffer with one
-gather (`per_element`).
+every element, so per-member values (a learning rate, an active mask) spread over the buffer
+with one gather (`per_element`, cached: a whole-buffer gather costs several elementwise passes).
 
 Used as a context manager by `bnrank.train.fit`: on exit every parameter gets its own storage
 back, so the model is as it would be without it.
@@ -42,10 +42,20 @@ class FlatParameters:
             offset += size
         index = torch.arange(members, device=ref.device)
         self.member = torch.cat([index.repeat_interleave(size // members) for size in sizes])
+        self._spread: dict[str, tuple[Tensor, Tensor]] = {}
 
-    def per_element(self, values: Tensor) -> Tensor:
-        """(E·P,) tensor holding values[e] (values: (E,)) at every element of member e."""
-        return values.index_select(0, self.member)
+    def per_element(self, values: Tensor, key: str | None = None) -> Tensor:
+        """(E·P,) tensor holding values[e] (values: (E,)) at every element of member e.
+
+        With a `key`, the result is kept and returned again (no new gather) while `values` stay
+        equal to those of the last call with that key (an (E,) comparison: a sync on a GPU)."""
+        if key is None:
+            return values.index_select(0, self.member)
+        last = self._spread.get(key)
+        if last is None or not torch.equal(last[0], values):
+            out = values.index_select(0, self.member) if last is None else torch.index_select(values, 0, self.member, out=last[1])
+            self._spread[key] = (values.clone(), out)
+        return self._spread[key][1]
 
     def __enter__(self) -> "FlatParameters":
         return self

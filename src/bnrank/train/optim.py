@@ -2,10 +2,14 @@
 
 They update one parameter buffer (`bnrank.train.flat.FlatParameters`) from a gradient buffer of
 the same layout, in a few whole-buffer ops and no Python loop over members or parameter tensors.
-``step(grad, lr, active)`` takes the learning rate and a boolean mask `active` per element
-(`FlatParameters.per_element` of per-member values): inactive (diverged or stopped) members are
-left exactly as they are (their optimizer state is not kept meaningful: they never become
-active again).
+``step(grad, lr, active, scale)`` takes the learning rate and a boolean mask `active` per
+element (`FlatParameters.per_element` of per-member values) and a scalar factor on lr (the
+schedule's): inactive (diverged or stopped) members are left exactly as they are (their
+optimizer state is not kept meaningful: they never become active again).
+
+An update runs its ops chunk by chunk (CHUNK elements), so each chunk's several passes stay in
+the CPU cache: on a buffer of 1.7M floats (16 depth-12 width-100 nets) whole-buffer passes ran
+the ensemble 15–20 % slower (bench/README.md).
 """
 
 from __future__ import annotations
@@ -14,6 +18,13 @@ import math
 
 import torch
 from torch import Tensor
+
+CHUNK = 1 << 16
+"""Elements per chunk of an update: 256 KiB of float32 per operand."""
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
 
 
 class GD:
@@ -24,13 +35,14 @@ class GD:
         self.momentum = momentum
         self.velocity = torch.zeros_like(param) if momentum else None
         self.update = torch.empty_like(param)
+        self.chunks = _chunks(param.numel())
 
-    def step(self, grad: Tensor, lr: Tensor, active: Tensor) -> None:
+    def step(self, grad: Tensor, lr: Tensor, active: Tensor, scale: float = 1.0) -> None:
         with torch.no_grad():
-            if self.velocity is not None:
-                grad = self.velocity.mul_(self.momentum).add_(grad)
-            torch.mul(grad, lr, out=self.update)
-            self.param.sub_(self.update.masked_fill_(~active, 0.0))
+            for c in self.chunks:
+                g = grad[c] if self.velocity is None else self.velocity[c].mul_(self.momentum).add_(grad[c])
+                update = torch.mul(g, lr[c], out=self.update[c]).masked_fill_(~active[c], 0.0)
+                self.param[c].sub_(update, alpha=scale)
 
 
 class Adam:
@@ -44,17 +56,20 @@ class Adam:
         self.m = torch.zeros_like(param)
         self.v = torch.zeros_like(param)
         self.update = torch.empty_like(param)
+        self.chunks = _chunks(param.numel())
 
-    def step(self, grad: Tensor, lr: Tensor, active: Tensor) -> None:
+    def step(self, grad: Tensor, lr: Tensor, active: Tensor, scale: float = 1.0) -> None:
         self.t += 1
         c1 = 1 - self.beta1**self.t
         c2 = 1 - self.beta2**self.t
         with torch.no_grad():
-            self.m.lerp_(grad, 1 - self.beta1)
-            self.v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-            denom = torch.sqrt(self.v, out=self.update).div_(math.sqrt(c2)).add_(self.eps)  # √(v/c2) + eps
-            update = torch.div(self.m, denom, out=self.update).mul_(lr).div_(c1)
-            self.param.sub_(update.masked_fill_(~active, 0.0))
+            for c in self.chunks:
+                g, m, v, buf = grad[c], self.m[c], self.v[c], self.update[c]
+                m.lerp_(g, 1 - self.beta1)
+                v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+                denom = torch.sqrt(v, out=buf).div_(math.sqrt(c2)).add_(self.eps)  # √(v/c2) + eps
+                update = torch.div(m, denom, out=buf).mul_(lr[c]).masked_fill_(~active[c], 0.0)
+                self.param[c].sub_(update, alpha=scale / c1)
 
 
 def make_optimizer(phase, param: Tensor):

@@ -157,7 +157,7 @@ def fit(
                 diverged_at = torch.where(alive & ~done & ~finite, step, diverged_at)
                 alive &= finite | done
                 training = alive & ~done
-                opt.step(flat.grad, flat.per_element(lr), flat.per_element(training))
+                opt.step(flat.grad, flat.per_element(lr_base, "lr"), flat.per_element(training, "active"), lr_factor(phase, t))
                 step += 1
                 if config.rebalance_every and step % config.rebalance_every == 0:
                     rebalance_(model, active=training)
