@@ -111,3 +111,17 @@ def test_quick_run_example_uses_the_recipe():
     assert cfg.train.stop is not None
     expected = default_init_scale(cfg.model.depth)
     assert cfg.model.init_scale == pytest.approx(expected, rel=1e-3)
+
+
+def test_the_lambda_start_cap_follows_the_mse_reduction():
+    # a "mean" objective's λ is worth d_out times more: the cap is LAM_START_MAX / d_out
+    assert default_train_config(8, 1e-3, mse_reduction="mean", d_out=20).phases[0].lam_factor_start == 1.0
+    assert default_train_config(8, 1e-5, mse_reduction="mean", d_out=20).phases[0].lam_factor_start == pytest.approx(10.0)
+    assert default_train_config(8, 2e-4, mse_reduction="mean", d_out=20).phases[0].lam_factor_start == pytest.approx(
+        LAM_START_MAX / 20 / 2e-4)
+    assert default_train_config(8, 1e-3, mse_reduction="mean", d_out=20).mse_reduction == "mean"
+    with pytest.raises(ValueError, match="d_out"):
+        default_train_config(8, 1e-3, mse_reduction="mean")
+    config = apply_recipe({"task": {"d_out": 10}, "model": {"depth": 4}, "train": {"lam": 1e-5, "mse_reduction": "mean"}})
+    assert config["train"]["mse_reduction"] == "mean"
+    assert config["train"]["phases"][0]["lam_factor_start"] == pytest.approx(10.0)  # cap 1e-3 / 1e-5 = 100 > 10

@@ -376,13 +376,14 @@ def _print_tables(summary: dict, out: Path) -> None:
         mark = "" if row["fitted"] else " (x)"
         table.add_row(str(row["depth"]), str(row["rank"]), f"{row['mse']:.3g}{mark}", " ".join(map(str, row["ranks"])))
     console.print(table)
-    classes = Table(title="Rank classes: ‖θ‖² ≈ slope·L + intercept", box=box.SIMPLE_HEAD)
-    for name in ("rank", "depths", "networks", "slope", "± stderr", "intercept", "slope with R⁽²⁾/L", "R⁽¹⁾ ≥ (2 log|Jf|₊)"):
+    classes = Table(title="Rank classes: ‖θ‖² ≈ slope·L + intercept (R⁽¹⁾ ≥: max 2 log|Jf(x)|₊)", box=box.SIMPLE_HEAD)
+    for name in ("rank", "depths", "nets", "slope", "intercept", "slope, +R⁽²⁾/L", "R⁽¹⁾ ≥"):
         classes.add_column(name, justify="right")
     for c in summary["rank_classes"]:
-        expansion = f"{_fmt(c['expansion_slope'], '.3f')} ± {_fmt(c['expansion_slope_stderr'], '.2g')}"
-        classes.add_row(str(c["rank"]), " ".join(map(str, c["depths"])), str(c["n_networks"]), _fmt(c["slope"], ".3f"),
-                        _fmt(c["slope_stderr"], ".2g"), _fmt(c["intercept"], ".3g"), expansion, _fmt(c["r1_lower_bound"], ".3g"))
+        slope = f"{_fmt(c['slope'], '.2f')}±{_fmt(c['slope_stderr'], '.2f')}"
+        expansion = f"{_fmt(c['expansion_slope'], '.2f')}±{_fmt(c['expansion_slope_stderr'], '.2f')}"
+        classes.add_row(str(c["rank"]), " ".join(map(str, c["depths"])), str(c["n_networks"]), slope,
+                        _fmt(c["intercept"], ".3g"), expansion, _fmt(c["r1_lower_bound"], ".3g"))
     console.print(classes)
     for c in summary["acceptance"]["criteria"]:
         console.print(f"  {'PASS' if c['held'] else 'FAIL'}  {c['statement']}: {c['value']}")

@@ -50,7 +50,8 @@ class Preset:
     """What `run` trains: `members` seeds of a depth-`depth`, width-`width` net on the rank-4
     composition task with `n_train` (and `n_test`) points, at λ = lam_times_depth / depth, with
     the recipe's phases of adam_steps, descent_steps and polish_steps (polish: a cap, the stop
-    rule ends it); `threads` torch threads (None: torch's default); `analyze_points` training
+    rule ends it); `mse_reduction`: the objective's fit term ("sum" over the 50 outputs, or
+    their "mean", bnrank.train.objective); `threads` torch threads (None: torch's default); `analyze_points` training
     inputs go to `bnrank.analyze`; `threshold`: the weight-rank threshold (the paper's 0.1)."""
 
     depth: int = 13
@@ -59,6 +60,7 @@ class Preset:
     n_test: int = 500
     members: int = 1
     lam_times_depth: float = 0.05
+    mse_reduction: str = "sum"
     adam_steps: int = 4000
     descent_steps: int = 8000
     polish_steps: int = 12000
@@ -68,6 +70,8 @@ class Preset:
     analyze_points: int = 500
     threshold: float = 0.1
 
+
+D_OUT = 50
 
 PRESETS: dict[str, Preset] = {
     # Seconds: a smoke test of the pipeline (tests/test_iclr_rank.py), not a result.
@@ -86,14 +90,14 @@ def run_config(p: Preset) -> dict:
     """The run config of a preset (a dict for `bnrank.train`)."""
     lam = p.lam_times_depth / p.depth
     train_cfg = default_train_config(p.depth, lam, adam_steps=p.adam_steps, descent_steps=p.descent_steps,
-                                     polish_steps=p.polish_steps)
+                                     polish_steps=p.polish_steps, mse_reduction=p.mse_reduction, d_out=D_OUT)
     return {
         "seed": 0,
         "members": p.members,
-        "task": {"kind": "composition", "rank": TRUE_RANK, "latent_dim": 8, "d_in": 50, "d_out": 50,
+        "task": {"kind": "composition", "rank": TRUE_RANK, "latent_dim": 8, "d_in": 50, "d_out": D_OUT,
                  "n_train": p.n_train, "n_test": p.n_test, "g_scale": p.g_scale, "seed": p.task_seed},
         "model": {"depth": p.depth, "width": p.width, "init_scale": default_init_scale(p.depth)},
-        "train": train_cfg.model_dump(mode="json", exclude_defaults=True) | {"lam": lam},
+        "train": train_cfg.model_dump(mode="json", exclude_defaults=True) | {"lam": lam, "mse_reduction": p.mse_reduction},
     }
 
 
