@@ -229,3 +229,44 @@ def test_cli_bad_spec_is_one_line_and_exit_code_2(tmp_path, content, extra, mess
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], stderr
     assert not (tmp_path / "sw").exists()
+
+
+def _children(pid: int) -> set[int]:
+    """The live children of `pid` (Linux /proc)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_pool_workers_exit_when_the_sweep_process_is_killed(tmp_path):
+    out, spec_path = tmp_path / "sw", tmp_path / "spec.yaml"
+    base = spec()["base"]
+    base["train"]["phases"][0]["steps"] = 10**7  # minutes of work per group: only a kill ends it
+    spec_path.write_text(yaml.safe_dump(spec(base=base, max_members=1, trials=1, analyze=False)))
+    script = KILL_SCRIPT.replace("progress=False)", "progress=False, workers=2, threads=1)")
+    script = "if __name__ == '__main__':\n" + "\n".join("    " + line for line in script.strip().splitlines())
+    proc = subprocess.Popen([sys.executable, "-c", script, str(spec_path), str(out)], env=os.environ | {"OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    # the pool's workers are the grandchildren: the sweep process starts a forkserver, which forks them
+    while len(workers := {w for c in _children(proc.pid) for w in _children(c)}) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the pool's workers never started"
+        time.sleep(0.1)
+    time.sleep(1.0)  # the workers are training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while alive := {w for w in workers if _alive(w)}:
+        assert time.monotonic() < deadline, f"workers {sorted(alive)} outlived the killed sweep"
+        time.sleep(0.2)

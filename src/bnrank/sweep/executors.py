@@ -19,6 +19,9 @@ a fork of a parent whose torch thread pools are running, and only one torch impo
 rather than one per worker. As with any non-fork pool, a script that calls it must guard its
 entry point with ``if __name__ == "__main__":``. Workers ignore SIGINT: on Ctrl-C the parent
 stops waiting, terminates them and lets the interrupt propagate (groups in flight are lost).
+A parent killed outright (SIGKILL) cannot terminate them, so each worker checks every
+`PARENT_CHECK_S` seconds that the process that started the pool is alive and exits when it is
+not, rather than train its group to the end for nobody.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -50,9 +55,23 @@ def _context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _init_worker(threads: int) -> None:
+PARENT_CHECK_S = 1.0
+
+
+def _init_worker(threads: int, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True, name="bnrank-parent-check").start()
+
+
+def _exit_without(parent: int) -> None:
+    """Exit this worker process as soon as process `parent` no longer exists."""
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(1)
 
 
 class LocalExecutor:
@@ -83,7 +102,7 @@ class LocalExecutor:
             return
         threads = self.threads or max(1, available_cores() // workers)
         pool = ProcessPoolExecutor(
-            workers, mp_context=_context(), initializer=_init_worker, initargs=(threads,)
+            workers, mp_context=_context(), initializer=_init_worker, initargs=(threads, os.getpid())
         )
         finished = False
         try:
