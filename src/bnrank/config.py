@@ -177,12 +177,16 @@ class StopRule(StrictModel):
     min_steps: int = Field(0, ge=0)
 
 
+MseReduction = Literal["sum", "mean"]
+"""The objective's fit term: see bnrank.train.objective."""
+
+
 class TrainConfig(StrictModel):
     """`mse_reduction`: the fit term of the objective, "sum" = (1/N)Σ_i‖f(x_i) − y_i‖² (theory.md
     §1) or "mean" = that / d_out (torch.nn.MSELoss's default); see bnrank.train.objective."""
 
     lam: PerMemberNonNegative = 1e-3
-    mse_reduction: Literal["sum", "mean"] = "sum"
+    mse_reduction: MseReduction = "sum"
     phases: list[Phase] = Field(default_factory=lambda: [Phase()], min_length=1)
     log_every: int = Field(100, gt=0)
     rebalance_every: int = Field(0, ge=0)

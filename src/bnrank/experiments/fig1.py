@@ -128,7 +128,7 @@ def depth_case(p: Preset, depth: int) -> dict:
                                  mse_reduction=p.mse_reduction, d_out=D_OUT)
     return {
         "model": {"depth": depth, "width": p.width, "init_scale": default_init_scale(depth)},
-        "train": train.model_dump(mode="json", exclude_defaults=True) | {"lam": p.lam, "mse_reduction": p.mse_reduction},
+        "train": train.model_dump(mode="json", exclude_defaults=True) | {"lam": p.lam},
     }
 
 

@@ -97,7 +97,7 @@ def run_config(p: Preset) -> dict:
         "task": {"kind": "composition", "rank": TRUE_RANK, "latent_dim": 8, "d_in": 50, "d_out": D_OUT,
                  "n_train": p.n_train, "n_test": p.n_test, "g_scale": p.g_scale, "seed": p.task_seed},
         "model": {"depth": p.depth, "width": p.width, "init_scale": default_init_scale(p.depth)},
-        "train": train_cfg.model_dump(mode="json", exclude_defaults=True) | {"lam": lam, "mse_reduction": p.mse_reduction},
+        "train": train_cfg.model_dump(mode="json", exclude_defaults=True) | {"lam": lam},
     }
 
 

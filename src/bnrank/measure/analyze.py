@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from bnrank.measure.curvature import hessian_top, ntk_top, ntk_trace
 from bnrank.measure.jacobian import default_rtol, input_jacobians, jacobian_rank, jacobian_spectra, log_pdet, schatten
 from bnrank.measure.weights import count_above, count_near_one, layer_budget, weight_spectra
 from bnrank.models import EnsembleMLP
+from bnrank.config import MseReduction
 from bnrank.train.objective import mse_scale
 from bnrank.train.rebalance import layer_balance_errors
 
@@ -264,7 +266,7 @@ def _resolve(model, X, Y, lam, reduction, device) -> tuple[EnsembleMLP, Tensor, 
     lam = run_lam if lam is None else lam
     lams = [0.0] * net.members if lam is None else _per_member(lam, net.members)
     reduction = reduction or run_reduction or "sum"
-    if reduction not in ("sum", "mean"):
+    if reduction not in get_args(MseReduction):
         raise ConfigError(f"mse_reduction must be 'sum' or 'mean', got {reduction!r}")
     return net, x, y, lams, reduction
 

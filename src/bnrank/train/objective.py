@@ -11,13 +11,10 @@ penalty is added explicitly (torch's weight_decay would be a (λ/2)‖θ‖² pe
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import Tensor
 
+from bnrank.config import MseReduction
 from bnrank.models import EnsembleMLP
-
-MseReduction = Literal["sum", "mean"]
 
 
 def mse_scale(reduction: MseReduction, d_out: int) -> float:

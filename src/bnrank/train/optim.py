@@ -8,8 +8,8 @@ schedule's): inactive (diverged or stopped) members are left exactly as they are
 optimizer state is not kept meaningful: they never become active again).
 
 An update runs its ops chunk by chunk (CHUNK elements), so each chunk's several passes stay in
-the CPU cache: on a buffer of 1.7M floats (16 depth-12 width-100 nets) whole-buffer passes ran
-the ensemble 15–20 % slower (bench/README.md).
+the CPU cache rather than streaming a multi-MB buffer once per pass (1.7M floats for 16 depth-12
+width-100 nets); measured, its effect was within this VM's noise (bench/README.md).
 """
 
 from __future__ import annotations

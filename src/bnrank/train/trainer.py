@@ -136,6 +136,7 @@ def fit(
             phase = resolve_phase(phase, model, x, y, lam_base, config.mse_reduction)  # curvature-scaled lr/momentum (schedules.py)
             opt = make_optimizer(phase, flat.data)
             lr_base = as_vec(per_member(phase.lr, E))
+            lr_elem = flat.per_element(lr_base)  # constant through the phase; the schedule is a scalar factor
             batch = phase.batch_size
             perm = torch.randperm(n, generator=gen).to(ref.device) if batch else None  # drawn on the CPU: same batches on any device
             cursor = 0
@@ -157,7 +158,7 @@ def fit(
                 diverged_at = torch.where(alive & ~done & ~finite, step, diverged_at)
                 alive &= finite | done
                 training = alive & ~done
-                opt.step(flat.grad, flat.per_element(lr_base, "lr"), flat.per_element(training, "active"), lr_factor(phase, t))
+                opt.step(flat.grad, lr_elem, flat.per_element(training, "active"), lr_factor(phase, t))
                 step += 1
                 if config.rebalance_every and step % config.rebalance_every == 0:
                     rebalance_(model, active=training)
