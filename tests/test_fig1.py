@@ -129,6 +129,13 @@ def test_expansion_fit_recovers_the_rank_where_the_affine_slope_is_biased():
     """‖θ‖² = 3L + 10 + 60/L exactly: the affine slope over L = 4..8 is well below 3, the
     expansion's slope is 3."""
     runs = _runs([(d, 3, 0.01, 3 * d + 10 + 60 / d) for d in (4, 5, 6, 7, 8)])
-    fit = fig1.fit_rank_classes(runs).iloc[0]
+    fits = fig1.fit_rank_classes(runs)
+    fit = fits.iloc[0]
     assert fit.slope < 2.5
     assert fit.expansion_slope == pytest.approx(3.0) and fit.r2_coef == pytest.approx(60.0)
+    # the slope check reads the expansion (SLOPE_RULE): it holds here, and fails once R⁽²⁾/L is
+    # not what bends the curve (the same points tilted to slope 2 + 60/L)
+    slope_check = lambda f: {c["name"]: c for c in fig1.acceptance(fig1.depth_table(runs), f)["criteria"]}["slope_equals_rank"]
+    assert slope_check(fits)["held"] and slope_check(fits)["value"] == {3: True}
+    tilted = _runs([(d, 3, 0.01, 2 * d + 10 + 60 / d) for d in (4, 5, 6, 7, 8)])
+    assert not slope_check(fig1.fit_rank_classes(tilted))["held"]

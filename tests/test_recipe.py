@@ -8,7 +8,7 @@ import bnrank
 from bnrank import EnsembleMLP, fit
 from bnrank.config import RunConfig, StopRule, TrainConfig, dump_config, load_run_config, validate
 from bnrank.train.rebalance import balance_error, rebalance_
-from bnrank.train.recipe import LAM_START_MAX, apply_recipe, default_init_scale, default_train_config, middle_layer
+from bnrank.train.recipe import LAM_START_MAX, apply_recipe, default_adam_lr, default_init_scale, default_train_config, middle_layer
 from conftest import tiny_config
 
 
@@ -31,7 +31,8 @@ def test_recipe_config_validates(depth, lam):
 def test_recipe_scales_with_depth():
     shallow, deep = default_train_config(8), default_train_config(16)
     assert deep.phases[0].steps == 2 * shallow.phases[0].steps
-    assert deep.phases[0].lr == pytest.approx(shallow.phases[0].lr / 2)
+    assert deep.phases[0].lr == pytest.approx(shallow.phases[0].lr / 4)  # Adam's step ∝ (8/L)² beyond L = 8
+    assert default_train_config(4).phases[0].lr == shallow.phases[0].lr == default_adam_lr(8) == pytest.approx(3e-3)
     assert default_train_config(8, 1e-2).phases[0].lam_factor_start == 1.0  # λ start capped at LAM_START_MAX
     assert default_train_config(8, 1e-3).phases[0].lam_factor_start == pytest.approx(10.0)
     with pytest.raises(ValueError):

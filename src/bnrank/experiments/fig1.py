@@ -26,6 +26,12 @@ Conventions (ours; the paper does not spell them out):
   objective, the best estimate of the regularized minimum found there.
 - FIT_RULE: within each rank class, ‖θ‖² of its non-diverged networks (one row per network,
   all seeds) is fitted by least squares against L (`fit_depth_expansion`).
+- SLOPE_RULE: the acceptance check "slope = rank" reads the slope of the theory's expansion
+  ‖θ‖² ≈ k·L + R⁽¹⁾ + R⁽²⁾/L (theory.md §4, `fit_depth_expansion(with_r2=True)`), not of the
+  affine fit that fig1a draws. The two agree only for large L: where R⁽²⁾/L² is not small
+  against k the affine slope is biased low (the quick preset's rank-3 class at depths 6–14:
+  ‖θ‖² rises by 2.4, 3.7, 4.7, 4.8 per two depths, as k − R⁽²⁾/L² predicts with k = 3 and
+  R⁽²⁾ ≈ 90). Both fits are in summary.json and in the printed table.
 - LOSS_RULE: the objective is torch.nn.MSELoss's mean over points *and* output coordinates plus
   λ‖θ‖² (`train.mse_reduction: mean`), and "train cost" is that mean squared error. This is our
   reading of the paper's λ = 0.001 and "train cost < 0.1": with the squared error summed over the
@@ -66,6 +72,10 @@ RANK_RULE = (
 )
 LOSS_RULE = "objective = mean over points and outputs of (f - y)^2 + lam·‖θ‖²; train cost = that mean"
 FIT_RULE = "least squares of ‖θ‖² on depth over the non-diverged networks of a rank class (one row per network)"
+SLOPE_RULE = (
+    "a rank class's slope is that of the least-squares fit ‖θ‖² ≈ slope·L + R1 + R2/L (theory.md §4); "
+    "the affine fit slope·L + intercept (drawn in fig1a) is reported beside it"
+)
 
 
 @dataclass(frozen=True)
@@ -206,9 +216,10 @@ def acceptance(depths: pd.DataFrame, fits: pd.DataFrame, target_rank: int = TRUE
                slope_tol: float = 0.15, cost_max: float = 0.1) -> dict:
     """Whether the sweep shows the paper's phenomenon, computed from the tables.
 
-    depths: `depth_table` output; fits: `fit_rank_classes` output (rank, n_depths, slope).
-    Returns {"criteria": [{"name", "statement", "held", "value"}], "passed": all held}.
-    Consecutive depths are consecutive entries of the swept depths.
+    depths: `depth_table` output; fits: `fit_rank_classes` output (rank, n_depths,
+    expansion_slope). Returns {"criteria": [{"name", "statement", "held", "value"}], "passed":
+    all held}. Consecutive depths are consecutive entries of the swept depths. The slope check
+    (SLOPE_RULE) uses the theory's expansion k·L + R⁽¹⁾ + R⁽²⁾/L, not the affine fit.
     """
     depths = depths.sort_values("depth", ignore_index=True)
     good = (depths["rank"] == target_rank) & depths["fitted"]
@@ -225,7 +236,7 @@ def acceptance(depths: pd.DataFrame, fits: pd.DataFrame, target_rank: int = TRUE
     monotone = bool((np.diff(live_depths["rank"].to_numpy()) <= 0).all()) and live_depths["rank"].nunique() >= 2
     checked = fits[(fits["n_depths"] >= min_range)]
     slope_ok = {
-        int(f.rank): bool(np.isfinite(f.slope) and abs(f.slope - f.rank) <= slope_tol * max(f.rank, 1))
+        int(f.rank): bool(np.isfinite(f.expansion_slope) and abs(f.expansion_slope - f.rank) <= slope_tol * max(f.rank, 1))
         for f in checked.itertuples()
     }
     criteria = [
@@ -249,8 +260,9 @@ def acceptance(depths: pd.DataFrame, fits: pd.DataFrame, target_rank: int = TRUE
         },
         {
             "name": "slope_equals_rank",
-            "statement": (f"in every rank class k with ≥ {min_range} depths the affine fit's slope is within "
-                          f"±{slope_tol:.0%} of k (±{slope_tol:g} for k = 0, the collapse θ = 0)"),
+            "statement": (f"in every rank class k with ≥ {min_range} depths the slope of the fit "
+                          f"‖θ‖² ≈ slope·L + R1 + R2/L is within ±{slope_tol:.0%} of k "
+                          f"(±{slope_tol:g} for k = 0, the collapse θ = 0)"),
             "held": bool(slope_ok) and all(slope_ok.values()),
             "value": slope_ok,
         },
@@ -312,6 +324,7 @@ def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict
         "loss_rule": LOSS_RULE if spec.mse_reduction == "mean" else "objective = (1/N)Σ‖f(x_i) − y_i‖² + lam·‖θ‖²",
         "rank_rule": RANK_RULE,
         "fit_rule": FIT_RULE,
+        "slope_rule": SLOPE_RULE,
         "depths": depths.to_dict(orient="records"),
         "rank_classes": rank_classes(runs, fits),
         "acceptance": acceptance(depths, fits, TRUE_RANK, spec.min_range, spec.slope_tol, spec.cost_max),
@@ -376,8 +389,9 @@ def _print_tables(summary: dict, out: Path) -> None:
         mark = "" if row["fitted"] else " (x)"
         table.add_row(str(row["depth"]), str(row["rank"]), f"{row['mse']:.3g}{mark}", " ".join(map(str, row["ranks"])))
     console.print(table)
-    classes = Table(title="Rank classes: ‖θ‖² ≈ slope·L + intercept (R⁽¹⁾ ≥: max 2 log|Jf(x)|₊)", box=box.SIMPLE_HEAD)
-    for name in ("rank", "depths", "nets", "slope", "intercept", "slope, +R⁽²⁾/L", "R⁽¹⁾ ≥"):
+    classes = Table(title="Rank classes: ‖θ‖² ≈ k·L + R⁽¹⁾ + R⁽²⁾/L (checked) and ≈ slope·L + intercept (affine); "
+                          "R⁽¹⁾ ≥: max 2 log|Jf(x)|₊", box=box.SIMPLE_HEAD)
+    for name in ("rank", "depths", "nets", "affine slope", "intercept", "k (R⁽²⁾/L fit)", "R⁽¹⁾ ≥"):
         classes.add_column(name, justify="right")
     for c in summary["rank_classes"]:
         slope = f"{_fmt(c['slope'], '.2f')}±{_fmt(c['slope_stderr'], '.2f')}"

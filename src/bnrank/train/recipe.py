@@ -3,8 +3,10 @@
 Measured on the rank-2 composition task (bench/README.md, "Convergence"; `bench/convergence.py`
 re-measures it). Three phases, each for a reason that was measured, not assumed:
 
-1. **Adam, λ annealed from above** (`adam_steps`, lr 3e-3·min(1, 8/L) cosine down to 3 %; at
-   depth 16 lr 3e-3 made a member's fit blow up mid-phase). Adam's per-weight
+1. **Adam, λ annealed from above** (`adam_steps`, lr `default_adam_lr(L)` = 3e-3·min(1, 8/L)²
+   cosine down to 3 %; at depth 16 lr 3e-3 made a member's fit blow up mid-phase, at depth 24 it
+   collapsed the Figure 1 nets to θ = 0, and 3e-3·8/L left the deep ones in basins 10–40 %
+   higher in objective than (8/L)², bench/README.md "Adam's step at depth"). Adam's per-weight
    normalization is what moves the random bulk of the initialization off quickly and lets the
    network choose its bottleneck; starting at λ·`lam_start_factor` (at most `LAM_START_MAX`)
    and annealing geometrically to λ over the first half shrinks the bulk faster and lands in a
@@ -62,6 +64,13 @@ def default_init_scale(depth: int) -> float:
     return 2.0 ** (-8.0 / depth)
 
 
+def default_adam_lr(depth: int) -> float:
+    """Peak Adam lr of the recipe's first phase at `depth`: 3e-3·min(1, 8/L)²."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    return 3e-3 * min(1.0, 8.0 / depth) ** 2
+
+
 def default_phase_steps(depth: int) -> tuple[int, int, int]:
     """(adam, descent, polish) steps of the recipe at `depth`: 4000, 8000, 12000 times max(1, L/8)."""
     scale = max(1.0, depth / 8)
@@ -96,7 +105,7 @@ def default_train_config(
     lams = lam if isinstance(lam, list) else [lam]
     if not lams or min(lams) < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
-    adam_lr = adam_lr if adam_lr is not None else 3e-3 / max(1.0, depth / 8)
+    adam_lr = adam_lr if adam_lr is not None else default_adam_lr(depth)
     steps = default_phase_steps(depth)
     adam_steps = adam_steps if adam_steps is not None else steps[0]
     descent_steps = descent_steps if descent_steps is not None else steps[1]
