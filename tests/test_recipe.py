@@ -41,7 +41,7 @@ def test_recipe_scales_with_depth():
 
 def test_init_scale_and_middle_layer():
     for depth in (2, 8, 16, 30):
-        assert default_init_scale(depth) ** depth == pytest.approx(2.0**-5)
+        assert default_init_scale(depth) ** depth == pytest.approx(2.0**-3)
     assert [middle_layer(d) for d in (1, 2, 7, 8, 9, 16)] == [1, 1, 4, 4, 5, 8]
 
 

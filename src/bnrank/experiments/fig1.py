@@ -30,8 +30,9 @@ Conventions (ours; the paper does not spell them out):
   ‖θ‖² ≈ k·L + R⁽¹⁾ + R⁽²⁾/L (theory.md §4, `fit_depth_expansion(with_r2=True)`), not of the
   affine fit that fig1a draws. The two agree only for large L: where R⁽²⁾/L² is not small
   against k the affine slope is biased low (the quick preset's rank-3 class at depths 6–14:
-  ‖θ‖² rises by 2.4, 3.7, 4.7, 4.8 per two depths, as k − R⁽²⁾/L² predicts with k = 3 and
-  R⁽²⁾ ≈ 90). Both fits are in summary.json and in the printed table.
+  ‖θ‖² rises by 2.2, 3.8, 4.5, 5.0 per two depths, as k − R⁽²⁾/L² predicts with k = 3 and
+  R⁽²⁾ ≈ 93). Over a narrow range of 1/L (a class at large depths only) the three-term fit is
+  ill-conditioned: its stderr is reported. Both fits are in summary.json and in the printed table.
 - LOSS_RULE: the objective is torch.nn.MSELoss's mean over points *and* output coordinates plus
   λ‖θ‖² (`train.mse_reduction: mean`), and "train cost" is that mean squared error. This is our
   reading of the paper's λ = 0.001 and "train cost < 0.1": with the squared error summed over the

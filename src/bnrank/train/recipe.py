@@ -28,13 +28,13 @@ The stop rule (checked only in phase 3): relative objective change below `rel_to
 off: the GD phases balance the neurons by themselves (error < 0.1 %), and re-balancing during
 Adam made its moments stale without a better end point.
 
-Initialization: He scaled by `default_init_scale(depth)` = 2^(−5/L), so the net's end-to-end gain
-at init is ~1/32 whatever the depth: small enough that ‖θ‖² starts well below He init's (at depth
-16 He init carries ‖θ‖² ~ 10³, most of which Adam must first remove), large enough that the data
-gradient beats the penalty at the first step (at init scale 0.5, depth 16 collapses to θ = 0; at
-2^(−12/L), depth 24 of Figure 1 does). 2^(−8/L) until session 3: on the Figure 1 networks
-2^(−5/L) ended lower at every depth probed, 8 to 28, most at depths 20–28 where the smaller init
-left the networks in a worse basin (bench/README.md "Init scale at depth").
+Initialization: He scaled by `default_init_scale(depth)` = 2^(−3/L), so the net's end-to-end gain
+at init is ~1/8 whatever the depth: well below He init's ‖θ‖² (at depth 16 He init carries
+‖θ‖² ~ 10³, most of which Adam must first remove), large enough that the data gradient beats the
+penalty at the first step (at init scale 0.5, depth 16 collapses to θ = 0; at 2^(−12/L), depth
+24 of Figure 1 does). It was 2^(−8/L) until session 3. On the Figure 1 networks, 2^(−5/L) and
+then 2^(−3/L) ended as low or lower at every depth 4–28, most at depths 20–28, where the
+smaller init left the networks in a worse basin (bench/README.md "Init scale at depth").
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ def middle_layer(depth: int) -> int:
 
 
 def default_init_scale(depth: int) -> float:
-    """He-init multiplier 2^(−5/L): end-to-end gain ~1/32 at init for every depth L."""
+    """He-init multiplier 2^(−3/L): end-to-end gain ~1/8 at init for every depth L."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    return 2.0 ** (-5.0 / depth)
+    return 2.0 ** (-3.0 / depth)
 
 
 def default_adam_lr(depth: int) -> float:
