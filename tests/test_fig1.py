@@ -139,3 +139,18 @@ def test_expansion_fit_recovers_the_rank_where_the_affine_slope_is_biased():
     assert slope_check(fits)["held"] and slope_check(fits)["value"] == {3: True}
     tilted = _runs([(d, 3, 0.01, 2 * d + 10 + 60 / d) for d in (4, 5, 6, 7, 8)])
     assert not slope_check(fig1.fit_rank_classes(tilted))["held"]
+
+
+def test_fig1a_draws_the_affine_fit_and_the_expansion_curve():
+    from bnrank.plots.fig1 import plot_norm_vs_depth
+
+    runs = _runs([(d, 3, 0.01, 3 * d + 10 + 60 / d) for d in (4, 5, 6, 7, 8)])
+    ax = plot_norm_vs_depth(runs, fig1.fit_rank_classes(runs)).axes[0]
+    solid = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(solid) == 1 and len(dashed) == 1
+    x, y = dashed[0].get_data()
+    assert x[0] == 4 and x[-1] == 8 and np.allclose(y, 3 * x + 10 + 60 / x)
+    x, y = solid[0].get_data()
+    affine = np.polyfit(runs["depth"], runs["param_norm_sq"], 1)
+    assert np.allclose(y, np.polyval(affine, x))

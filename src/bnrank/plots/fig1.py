@@ -33,8 +33,10 @@ def plot_norm_vs_depth(runs: pd.DataFrame, fits: pd.DataFrame, cost_max: float =
     runs: one row per network with columns depth, param_norm_sq, rank (its rank class) and mse
     (final train cost); the marker is '.' when mse < `cost_max`, else 'x'; the color is the rank.
     fits: `fit_depth_expansion` output (rank, slope, intercept): each rank class with a fit gets
-    the line slope·L + intercept over the depths of its networks. colors: rank → color
-    (default `rank_colors` of the runs' ranks).
+    the line slope·L + intercept over the depths of its networks; where `fits` also has
+    expansion_slope, expansion_intercept and r2_coef (`bnrank.experiments.fig1.fit_rank_classes`)
+    the curve k·L + R⁽¹⁾ + R⁽²⁾/L is drawn dashed beside it. colors: rank → color (default
+    `rank_colors` of the runs' ranks).
     """
     missing = {"depth", "param_norm_sq", "rank", "mse"} - set(runs.columns)
     if missing:
@@ -55,7 +57,13 @@ def plot_norm_vs_depth(runs: pd.DataFrame, fits: pd.DataFrame, cost_max: float =
         depths = runs.loc[runs["rank"] == fit.rank, "depth"]
         grid = np.array([depths.min(), depths.max()], dtype=float)
         ax.plot(grid, fit.slope * grid + fit.intercept, "-", color=colors[int(fit.rank)], linewidth=1, alpha=0.8)
-        handles[shown.index(int(fit.rank))].set_label(f"rank {int(fit.rank)}: slope {fit.slope:.2f}")
+        label = f"rank {int(fit.rank)}: slope {fit.slope:.2f}"
+        if np.isfinite(getattr(fit, "expansion_slope", np.nan)):
+            curve = np.linspace(grid[0], grid[1], 50)
+            ax.plot(curve, fit.expansion_slope * curve + fit.expansion_intercept + fit.r2_coef / curve, "--",
+                    color=colors[int(fit.rank)], linewidth=1, alpha=0.8)
+            label += f", k {fit.expansion_slope:.2f} (dashed: + R⁽²⁾/L)"
+        handles[shown.index(int(fit.rank))].set_label(label)
     handles += [
         Line2D([], [], color="0.3", marker=".", markersize=10, linestyle="", label=f"train cost < {cost_max:g}"),
         Line2D([], [], color="0.3", marker="x", linestyle="", label=f"train cost ≥ {cost_max:g}"),
