@@ -5,8 +5,9 @@ re-measures it). Three phases, each for a reason that was measured, not assumed:
 
 1. **Adam, λ annealed from above** (`adam_steps`, lr `default_adam_lr(L)` = 3e-3·min(1, 8/L)²
    cosine down to 3 %; at depth 16 lr 3e-3 made a member's fit blow up mid-phase, at depth 24 it
-   collapsed the Figure 1 nets to θ = 0, and 3e-3·8/L left the deep ones in basins 10–40 %
-   higher in objective than (8/L)², bench/README.md "Adam's step at depth"). Adam's per-weight
+   collapsed the Figure 1 nets to θ = 0, and 3e-3·8/L ended the depth-16–24 ones up to 40 %
+   higher in objective than (8/L)², one seed of six 2 % lower, bench/README.md "Adam's step at
+   depth"). Adam's per-weight
    normalization is what moves the random bulk of the initialization off quickly and lets the
    network choose its bottleneck; starting at λ·`lam_start_factor` (at most `LAM_START_MAX`)
    and annealing geometrically to λ over the first half shrinks the bulk faster and lands in a
