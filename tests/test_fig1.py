@@ -11,7 +11,8 @@ from bnrank.measure.theory import fit_depth_expansion
 SUMMARY_KEYS = {"preset", "lam", "threshold", "cost_max", "rank_rule", "fit_rule", "depths", "rank_classes",
                 "acceptance", "n_networks", "n_diverged", "fig1b_trials", "sweep", "wall_time_s"}
 CLASS_KEYS = {"rank", "depths", "n_networks", "slope", "slope_stderr", "intercept", "intercept_stderr",
-              "expansion_slope", "expansion_slope_stderr", "expansion_intercept", "r2_coef",
+              "expansion_slope", "expansion_slope_stderr", "expansion_intercept", "r2_coef", "r2_coef_stderr",
+              "checked_fit", "checked_slope",
               "r1_lower_bound", "r1_lower_bound_jac"}
 
 
@@ -133,12 +134,24 @@ def test_expansion_fit_recovers_the_rank_where_the_affine_slope_is_biased():
     fit = fits.iloc[0]
     assert fit.slope < 2.5
     assert fit.expansion_slope == pytest.approx(3.0) and fit.r2_coef == pytest.approx(60.0)
-    # the slope check reads the expansion (SLOPE_RULE): it holds here, and fails once R⁽²⁾/L is
-    # not what bends the curve (the same points tilted to slope 2 + 60/L)
+    # the slope check reads the expansion where R⁽²⁾ is significant (SLOPE_RULE): it holds
+    # here, and fails once the points are tilted to slope 2 (+ 60/L)
     slope_check = lambda f: {c["name"]: c for c in fig1.acceptance(fig1.depth_table(runs), f)["criteria"]}["slope_equals_rank"]
+    assert fit.checked_fit == "expansion" and fit.checked_slope == pytest.approx(3.0)
     assert slope_check(fits)["held"] and slope_check(fits)["value"] == {3: True}
     tilted = _runs([(d, 3, 0.01, 2 * d + 10 + 60 / d) for d in (4, 5, 6, 7, 8)])
     assert not slope_check(fig1.fit_rank_classes(tilted))["held"]
+
+
+def test_slope_check_reads_the_affine_fit_where_r2_is_not_determined():
+    """Slope-2 points with noise at large depths only: the R⁽²⁾/L term is not significant and
+    the three-term fit's slope is far off, so the affine slope is the one checked."""
+    noise = np.random.default_rng(0).normal(0, 1.0, 14)
+    runs = _runs([(d, 2, 0.01, 2 * d + 35 + e) for d, e in zip(np.repeat(range(16, 29, 2), 2), noise)])
+    fit = fig1.fit_rank_classes(runs).iloc[0]
+    assert abs(fit.r2_coef) < 2 * fit.r2_coef_stderr and fit.checked_fit == "affine"
+    assert fit.checked_slope == fit.slope == pytest.approx(2.0, abs=0.3)
+    assert fit.expansion_slope_stderr > fit.slope_stderr * 3
 
 
 def test_fig1a_draws_the_affine_fit_and_the_expansion_curve():

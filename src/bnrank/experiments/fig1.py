@@ -27,12 +27,14 @@ Conventions (ours; the paper does not spell them out):
 - FIT_RULE: within each rank class, ‖θ‖² of its non-diverged networks (one row per network,
   all seeds) is fitted by least squares against L (`fit_depth_expansion`).
 - SLOPE_RULE: the acceptance check "slope = rank" reads the slope of the theory's expansion
-  ‖θ‖² ≈ k·L + R⁽¹⁾ + R⁽²⁾/L (theory.md §4, `fit_depth_expansion(with_r2=True)`), not of the
-  affine fit that fig1a draws. The two agree only for large L: where R⁽²⁾/L² is not small
-  against k the affine slope is biased low (the quick preset's rank-3 class at depths 6–14:
-  ‖θ‖² rises by 2.2, 3.8, 4.5, 5.0 per two depths, as k − R⁽²⁾/L² predicts with k = 3 and
-  R⁽²⁾ ≈ 93). Over a narrow range of 1/L (a class at large depths only) the three-term fit is
-  ill-conditioned: its stderr is reported. Both fits are in summary.json and in the printed table.
+  ‖θ‖² ≈ k·L + R⁽¹⁾ + R⁽²⁾/L (theory.md §4, `fit_depth_expansion(with_r2=True)`) where the data
+  determine its R⁽²⁾ (|R⁽²⁾| > 2 standard errors), else the affine fit's that fig1a draws.
+  Where R⁽²⁾/L² is not small against k the affine slope is biased low (the quick preset's
+  rank-3 class at depths 6–14: ‖θ‖² rises by 2.2, 3.8, 4.5, 5.0 per two depths, as k − R⁽²⁾/L²
+  predicts with k = 3 and R⁽²⁾ ≈ 93); over a narrow range of 1/L (a class at large depths only)
+  the three-term fit is ill-conditioned (rank 2 at depths 16–28: affine slope 1.98 ± 0.12,
+  expansion 1.49 ± 0.75 with R⁽²⁾ not significant, in a He-init probe sweep). Both fits are in
+  summary.json and in the printed table.
 - LOSS_RULE: the objective is torch.nn.MSELoss's mean over points *and* output coordinates plus
   λ‖θ‖² (`train.mse_reduction: mean`), and "train cost" is that mean squared error. This is our
   reading of the paper's λ = 0.001 and "train cost < 0.1": with the squared error summed over the
@@ -74,8 +76,8 @@ RANK_RULE = (
 LOSS_RULE = "objective = mean over points and outputs of (f - y)^2 + lam·‖θ‖²; train cost = that mean"
 FIT_RULE = "least squares of ‖θ‖² on depth over the non-diverged networks of a rank class (one row per network)"
 SLOPE_RULE = (
-    "a rank class's slope is that of the least-squares fit ‖θ‖² ≈ slope·L + R1 + R2/L (theory.md §4); "
-    "the affine fit slope·L + intercept (drawn in fig1a) is reported beside it"
+    "a rank class's checked slope is that of the least-squares fit ‖θ‖² ≈ slope·L + R1 + R2/L (theory.md §4) "
+    "where its R2 is significant (|R2| > 2 standard errors), else that of the affine fit slope·L + intercept"
 )
 
 
@@ -205,12 +207,19 @@ def fit_rank_classes(runs: pd.DataFrame) -> pd.DataFrame:
     """`fit_depth_expansion` of the non-diverged networks, one row per rank class (FIT_RULE): the
     affine fit (slope, intercept, the paper's claim), plus the theory's expansion
     ‖θ‖² ≈ k·L + R⁽¹⁾ + R⁽²⁾/L (theory.md §4) as `expansion_slope`, `expansion_slope_stderr`,
-    `expansion_intercept`, `r2_coef` (NaN below 3 depths): where R⁽²⁾ > 0 the affine slope of a
-    class that spans small depths falls below its rank, and the expansion shows by how much."""
+    `expansion_intercept`, `r2_coef`, `r2_coef_stderr` (NaN below 3 depths), and the fit the
+    slope check reads (SLOPE_RULE): `checked_fit` ("expansion" where |r2_coef| > 2·r2_coef_stderr,
+    else "affine"; "none" below 2 depths) and its `checked_slope`."""
     live = runs[~runs["diverged"].astype(bool)][["depth", "param_norm_sq", "rank"]]
-    expansion = fit_depth_expansion(live, with_r2=True)[["rank", "slope", "slope_stderr", "intercept", "r2_coef"]]
-    expansion.columns = ["rank", "expansion_slope", "expansion_slope_stderr", "expansion_intercept", "r2_coef"]
-    return fit_depth_expansion(live).merge(expansion, on="rank")
+    names = ["rank", "slope", "slope_stderr", "intercept", "r2_coef", "r2_coef_stderr"]
+    expansion = fit_depth_expansion(live, with_r2=True)[names]
+    expansion.columns = ["rank", "expansion_slope", "expansion_slope_stderr", "expansion_intercept", "r2_coef",
+                         "r2_coef_stderr"]
+    fits = fit_depth_expansion(live).merge(expansion, on="rank")
+    curved = (fits["r2_coef"].abs() > 2 * fits["r2_coef_stderr"]).to_numpy()
+    fits["checked_fit"] = np.where(curved, "expansion", np.where(np.isfinite(fits["slope"]), "affine", "none"))
+    fits["checked_slope"] = np.where(curved, fits["expansion_slope"], fits["slope"])
+    return fits
 
 
 def acceptance(depths: pd.DataFrame, fits: pd.DataFrame, target_rank: int = TRUE_RANK, min_range: int = 3,
@@ -218,9 +227,8 @@ def acceptance(depths: pd.DataFrame, fits: pd.DataFrame, target_rank: int = TRUE
     """Whether the sweep shows the paper's phenomenon, computed from the tables.
 
     depths: `depth_table` output; fits: `fit_rank_classes` output (rank, n_depths,
-    expansion_slope). Returns {"criteria": [{"name", "statement", "held", "value"}], "passed":
-    all held}. Consecutive depths are consecutive entries of the swept depths. The slope check
-    (SLOPE_RULE) uses the theory's expansion k·L + R⁽¹⁾ + R⁽²⁾/L, not the affine fit.
+    checked_slope). Returns {"criteria": [{"name", "statement", "held", "value"}], "passed":
+    all held}. Consecutive depths are consecutive entries of the swept depths.
     """
     depths = depths.sort_values("depth", ignore_index=True)
     good = (depths["rank"] == target_rank) & depths["fitted"]
@@ -237,7 +245,7 @@ def acceptance(depths: pd.DataFrame, fits: pd.DataFrame, target_rank: int = TRUE
     monotone = bool((np.diff(live_depths["rank"].to_numpy()) <= 0).all()) and live_depths["rank"].nunique() >= 2
     checked = fits[(fits["n_depths"] >= min_range)]
     slope_ok = {
-        int(f.rank): bool(np.isfinite(f.expansion_slope) and abs(f.expansion_slope - f.rank) <= slope_tol * max(f.rank, 1))
+        int(f.rank): bool(np.isfinite(f.checked_slope) and abs(f.checked_slope - f.rank) <= slope_tol * max(f.rank, 1))
         for f in checked.itertuples()
     }
     criteria = [
@@ -261,9 +269,8 @@ def acceptance(depths: pd.DataFrame, fits: pd.DataFrame, target_rank: int = TRUE
         },
         {
             "name": "slope_equals_rank",
-            "statement": (f"in every rank class k with ≥ {min_range} depths the slope of the fit "
-                          f"‖θ‖² ≈ slope·L + R1 + R2/L is within ±{slope_tol:.0%} of k "
-                          f"(±{slope_tol:g} for k = 0, the collapse θ = 0)"),
+            "statement": (f"in every rank class k with ≥ {min_range} depths the checked slope (SLOPE_RULE) "
+                          f"is within ±{slope_tol:.0%} of k (±{slope_tol:g} for k = 0, the collapse θ = 0)"),
             "held": bool(slope_ok) and all(slope_ok.values()),
             "value": slope_ok,
         },
@@ -299,7 +306,8 @@ def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict
         depths: per depth {depth, rank, mse, fitted, ranks} (`depth_table`);
         rank_classes: per rank class {rank, depths, n_networks, slope, slope_stderr, intercept,
         intercept_stderr (the affine fit), expansion_slope, expansion_slope_stderr,
-        expansion_intercept, r2_coef (with R⁽²⁾/L, `fit_rank_classes`), r1_lower_bound,
+        expansion_intercept, r2_coef, r2_coef_stderr (with R⁽²⁾/L), checked_fit, checked_slope
+        (SLOPE_RULE; all from `fit_rank_classes`), r1_lower_bound,
         r1_lower_bound_jac}: r1_lower_bound = the largest
         2·log|Jf(x)|₊ over the class's networks and analyzed inputs, with |·|₊ over the top
         `rank` singular values (`r1_at_rank`); r1_lower_bound_jac = the largest of analyze's
@@ -364,6 +372,8 @@ def rank_classes(runs: pd.DataFrame, fits: pd.DataFrame) -> list[dict]:
             "intercept": _num(fit.intercept), "intercept_stderr": _num(fit.intercept_stderr),
             "expansion_slope": _num(fit.expansion_slope), "expansion_slope_stderr": _num(fit.expansion_slope_stderr),
             "expansion_intercept": _num(fit.expansion_intercept), "r2_coef": _num(fit.r2_coef),
+            "r2_coef_stderr": _num(fit.r2_coef_stderr), "checked_fit": fit.checked_fit,
+            "checked_slope": _num(fit.checked_slope),
             "r1_lower_bound": _num(members["r1_at_rank"].max()),
             "r1_lower_bound_jac": _num(exact.max()) if not exact.empty else None,
         })
@@ -390,15 +400,17 @@ def _print_tables(summary: dict, out: Path) -> None:
         mark = "" if row["fitted"] else " (x)"
         table.add_row(str(row["depth"]), str(row["rank"]), f"{row['mse']:.3g}{mark}", " ".join(map(str, row["ranks"])))
     console.print(table)
-    classes = Table(title="Rank classes: ‖θ‖² ≈ k·L + R⁽¹⁾ + R⁽²⁾/L (checked) and ≈ slope·L + intercept (affine); "
-                          "R⁽¹⁾ ≥: max 2 log|Jf(x)|₊", box=box.SIMPLE_HEAD)
-    for name in ("rank", "depths", "nets", "affine slope", "intercept", "k (R⁽²⁾/L fit)", "R⁽¹⁾ ≥"):
+    classes = Table(title="Rank classes: ‖θ‖² ≈ slope·L + intercept (affine) and ≈ k·L + R⁽¹⁾ + R⁽²⁾/L; "
+                          "* = the checked fit (SLOPE_RULE); R⁽¹⁾ ≥: max 2 log|Jf(x)|₊", box=box.SIMPLE_HEAD)
+    for name in ("rank", "depths", "nets", "affine slope", "k, + R⁽²⁾/L", "R⁽²⁾", "R⁽¹⁾ ≥"):
         classes.add_column(name, justify="right")
     for c in summary["rank_classes"]:
-        slope = f"{_fmt(c['slope'], '.2f')}±{_fmt(c['slope_stderr'], '.2f')}"
-        expansion = f"{_fmt(c['expansion_slope'], '.2f')}±{_fmt(c['expansion_slope_stderr'], '.2f')}"
-        classes.add_row(str(c["rank"]), " ".join(map(str, c["depths"])), str(c["n_networks"]), slope,
-                        _fmt(c["intercept"], ".3g"), expansion, _fmt(c["r1_lower_bound"], ".3g"))
+        star = {fit: "*" if c["checked_fit"] == fit else "" for fit in ("affine", "expansion")}
+        slope = f"{_fmt(c['slope'], '.2f')}±{_fmt(c['slope_stderr'], '.2f')}{star['affine']}"
+        expansion = f"{_fmt(c['expansion_slope'], '.2f')}±{_fmt(c['expansion_slope_stderr'], '.2f')}{star['expansion']}"
+        r2 = f"{_fmt(c['r2_coef'], '.0f')}±{_fmt(c['r2_coef_stderr'], '.0f')}"
+        classes.add_row(str(c["rank"]), " ".join(map(str, c["depths"])), str(c["n_networks"]), slope, expansion, r2,
+                        _fmt(c["r1_lower_bound"], ".3g"))
     console.print(classes)
     for c in summary["acceptance"]["criteria"]:
         console.print(f"  {'PASS' if c['held'] else 'FAIL'}  {c['statement']}: {c['value']}")
