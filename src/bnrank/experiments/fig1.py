@@ -360,20 +360,18 @@ def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict
 def rank_classes(runs: pd.DataFrame, fits: pd.DataFrame) -> list[dict]:
     """The summary's rank_classes entries (see `run`), ascending rank."""
     live = runs[~runs["diverged"].astype(bool)]
+    numeric = ["slope", "slope_stderr", "intercept", "intercept_stderr", "expansion_slope", "expansion_slope_stderr",
+               "expansion_intercept", "r2_coef", "r2_coef_stderr", "checked_slope"]
     classes = []
-    for fit in fits.itertuples():
-        members = live[live["rank"] == fit.rank]
-        exact = members[members["jac_rank"] == fit.rank]["r1_lower_bound"]
+    for fit in fits.to_dict(orient="records"):
+        members = live[live["rank"] == fit["rank"]]
+        exact = members[members["jac_rank"] == fit["rank"]]["r1_lower_bound"]
         classes.append({
-            "rank": int(fit.rank),
+            "rank": int(fit["rank"]),
             "depths": sorted(int(d) for d in members["depth"].unique()),
-            "n_networks": int(fit.n_networks),
-            "slope": _num(fit.slope), "slope_stderr": _num(fit.slope_stderr),
-            "intercept": _num(fit.intercept), "intercept_stderr": _num(fit.intercept_stderr),
-            "expansion_slope": _num(fit.expansion_slope), "expansion_slope_stderr": _num(fit.expansion_slope_stderr),
-            "expansion_intercept": _num(fit.expansion_intercept), "r2_coef": _num(fit.r2_coef),
-            "r2_coef_stderr": _num(fit.r2_coef_stderr), "checked_fit": fit.checked_fit,
-            "checked_slope": _num(fit.checked_slope),
+            "n_networks": int(fit["n_networks"]),
+            **{name: _num(fit[name]) for name in numeric},
+            "checked_fit": fit["checked_fit"],
             "r1_lower_bound": _num(members["r1_at_rank"].max()),
             "r1_lower_bound_jac": _num(exact.max()) if not exact.empty else None,
         })

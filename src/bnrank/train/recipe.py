@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bnrank.config import Phase, StopRule, TrainConfig
+from bnrank.config import MseReduction, Phase, StopRule, TrainConfig
 from bnrank.train.objective import mse_scale
 
 LAM_START_MAX = 0.01
@@ -54,24 +54,26 @@ gradient loses to the penalty and the net collapses to θ = 0 (seen at a "mean" 
 every depth 6–24 of the Figure 1 task)."""
 
 
-def middle_layer(depth: int) -> int:
-    """1-based index of the "middle" weight matrix W_{L/2} whose rank the figures report: ⌈L/2⌉."""
+def _require_depth(depth: int) -> None:
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
+
+
+def middle_layer(depth: int) -> int:
+    """1-based index of the "middle" weight matrix W_{L/2} whose rank the figures report: ⌈L/2⌉."""
+    _require_depth(depth)
     return math.ceil(depth / 2)
 
 
 def default_init_scale(depth: int) -> float:
     """He-init multiplier 2^(−3/L): end-to-end gain ~1/8 at init for every depth L."""
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+    _require_depth(depth)
     return 2.0 ** (-3.0 / depth)
 
 
 def default_adam_lr(depth: int) -> float:
     """Peak Adam lr of the recipe's first phase at `depth`: 3e-3·min(1, 8/L)²."""
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+    _require_depth(depth)
     return 3e-3 * min(1.0, 8.0 / depth) ** 2
 
 
@@ -94,7 +96,7 @@ def default_train_config(
     window: int = 1000,
     balance_tol: float = 0.01,
     log_every: int = 200,
-    mse_reduction: str = "sum",
+    mse_reduction: MseReduction = "sum",
     d_out: int | None = None,
 ) -> TrainConfig:
     """The default TrainConfig for a net of `depth` weight matrices at regularization `lam`.
@@ -104,8 +106,7 @@ def default_train_config(
     `mse_reduction` "mean" (bnrank.train.objective), `d_out` (the output dimension) is needed to
     express the λ start cap (LAM_START_MAX) in that convention.
     """
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+    _require_depth(depth)
     lams = lam if isinstance(lam, list) else [lam]
     if not lams or min(lams) < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from bnrank.config import per_member
+from bnrank.config import MseReduction, per_member
 
 
 def lr_factor(phase, step: int) -> float:
@@ -41,7 +41,7 @@ needs more than 2000 steps to forget a kink of the ReLU landscape."""
 
 
 def top_hessian_eigenvalue(
-    model, x: Tensor, y: Tensor, lam: Tensor, iters: int = 20, seed: int = 0, reduction: str = "sum"
+    model, x: Tensor, y: Tensor, lam: Tensor, iters: int = 20, seed: int = 0, reduction: MseReduction = "sum"
 ) -> Tensor:
     """Top Hessian eigenvalue of each member's objective (1/N)Σ‖f − y‖² + λ‖θ‖²: (E,)
     (the squared error divided by d_out with `reduction` "mean").
@@ -78,7 +78,7 @@ def top_hessian_eigenvalue(
     return eig.detach()
 
 
-def resolve_phase(phase, model, x: Tensor, y: Tensor, lam: Tensor, reduction: str = "sum"):
+def resolve_phase(phase, model, x: Tensor, y: Tensor, lam: Tensor, reduction: MseReduction = "sum"):
     """The phase with curvature-scaled settings made concrete at the current parameters.
 
     `lr_sharpness = c` → lr = c / h_max per member (h_max from `top_hessian_eigenvalue`, at the
