@@ -11,6 +11,7 @@ shared and noisy: compare the ratios, not the absolute numbers).
 
     .venv/bin/python bench/throughput.py            # both workloads, E = 1, 4, 16
     .venv/bin/python bench/throughput.py --quick    # fewer steps and repeats
+    python bench/throughput.py --device cuda        # on a GPU (peak: float32 without TF32)
 """
 
 from __future__ import annotations
@@ -26,14 +27,22 @@ from bnrank import EnsembleMLP, fit
 from bnrank.config import TrainConfig
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(device: torch.device, repeats: int = 5) -> float:
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     for _ in range(2):
         a @ b
     best = 0.0
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
 
@@ -44,9 +53,10 @@ def flops_per_network_step(dims: list[int], n: int) -> float:
 
 def time_ensemble(members: int, dims: list[int], x, y, steps: int) -> float:
     """Seconds per step of `bnrank.fit` (Adam, full batch) for an ensemble of `members`."""
-    model = EnsembleMLP.init(members, dims, seeds=list(range(members)))
+    model = EnsembleMLP.init(members, dims, seeds=list(range(members))).to(device=x.device)
     cfg = TrainConfig(lam=1e-3, log_every=10**9, phases=[{"optimizer": "adam", "steps": steps, "lr": 1e-3}])
     fit(model, x, y, cfg.model_copy(update={"phases": [cfg.phases[0].model_copy(update={"steps": 5})]}), progress=False)
+    sync(x.device)
     t = time.perf_counter()
     fit(model, x, y, cfg, progress=False)
     return (time.perf_counter() - t) / steps
@@ -61,7 +71,7 @@ def time_plain_loop(members: int, dims: list[int], x, y, steps: int, lam: float 
             if i:
                 layers.append(nn.ReLU())
             layers.append(nn.Linear(a, b))
-        net = nn.Sequential(*layers)
+        net = nn.Sequential(*layers).to(x.device)
         nets.append((net, torch.optim.Adam(net.parameters(), lr=1e-3)))
 
     def step(net, opt):
@@ -73,28 +83,33 @@ def time_plain_loop(members: int, dims: list[int], x, y, steps: int, lam: float 
     for net, opt in nets:
         for _ in range(3):
             step(net, opt)
+    sync(x.device)
     t = time.perf_counter()
     for _ in range(steps):
         for net, opt in nets:
             step(net, opt)
+    sync(x.device)
     return (time.perf_counter() - t) / steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
     steps, repeats = (30, 2) if args.quick else (100, 3)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}")
     workloads = [("depth 12, width 100, N 500", 12, 100, 500), ("depth 25, width 100, N 200", 25, 100, 200)]
     for name, depth, width, n in workloads:
         dims = [20] + [width] * (depth - 1) + [20]
-        x, y = torch.randn(n, 20), torch.randn(n, 20)
+        x, y = torch.randn(n, 20, device=device), torch.randn(n, 20, device=device)
         flops = flops_per_network_step(dims, n)
         samples: dict[str, list[float]] = {}
         peaks = []
         for _ in range(repeats):  # interleaved, so every variant sees the same machine load
-            peaks.append(matmul_peak_gflops())
+            peaks.append(matmul_peak_gflops(device))
             for e in (1, 4, 16):
                 samples.setdefault(f"ensemble E={e}", []).append(e / time_ensemble(e, dims, x, y, steps))
             samples.setdefault("plain loop", []).append(4 / time_plain_loop(4, dims, x, y, steps // 2))

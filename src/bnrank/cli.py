@@ -29,6 +29,8 @@ ExecutorOption = Annotated[Literal["local", "ray"], typer.Option(help="Where swe
 AddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster: auto (the one this node joined with `ray start`) or HOST:PORT of its head; default $RAY_ADDRESS, else a new local Ray instance.")]
 RayCpusOption = Annotated[Optional[float], typer.Option("--ray-num-cpus", help="CPUs each Ray task (one ensemble group) reserves, also its torch threads (default 1).")]
 RayGpusOption = Annotated[Optional[float], typer.Option("--ray-num-gpus", help="GPUs each Ray task reserves; a fraction packs groups onto a GPU, 0.25: four (default 0).")]
+RAY_WORKERS = "--workers is for --executor local (Ray runs as many groups at once as the cluster has room for)"
+
 RayRetriesOption = Annotated[Optional[int], typer.Option("--ray-max-retries", help="Times Ray reruns a task whose worker process died (default 3).")]
 
 
@@ -118,12 +120,14 @@ def reproduce(
     ray_num_cpus: RayCpusOption = None,
     ray_num_gpus: RayGpusOption = None,
     ray_max_retries: RayRetriesOption = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes for the experiment's sweep (default: the preset's).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Reproduce a figure of the papers: figures (PNG, SVG), tables (Parquet) and summary.json.
 
-    --device/--dtype reach the experiment as run-config overrides (its run's `overrides`) and
-    --executor ray as a Ray executor for its sweeps (its run's `executor`), where it takes them.
+    --device/--dtype reach the experiment as run-config overrides (its run's `overrides`),
+    --executor ray as a Ray executor for its sweeps (its run's `executor`) and --workers as its
+    run's `workers`, where it takes them.
     """
     from bnrank.experiments import get_experiment
     from bnrank.runs import resolve_device
@@ -131,11 +135,14 @@ def reproduce(
     out = out or Path("out") / f"{experiment}-{preset}"
     try:
         module = get_experiment(experiment)
+        if executor == "ray" and workers is not None:
+            raise ConfigError(RAY_WORKERS)
         options = {"overrides": _device_overrides(device, dtype),
-                   "executor": _executor(executor, address, ray_num_cpus, ray_num_gpus, ray_max_retries)}
+                   "executor": _executor(executor, address, ray_num_cpus, ray_num_gpus, ray_max_retries),
+                   "workers": workers}
         options = {name: value for name, value in options.items() if value}
         accepted = inspect.signature(module.run).parameters
-        flags = {"overrides": "--device/--dtype", "executor": "--executor ray"}
+        flags = {"overrides": "--device/--dtype", "executor": "--executor ray", "workers": "--workers"}
         for name in options:
             if name not in accepted:
                 _fail(f"experiment {experiment} does not take {flags[name]}")
@@ -177,7 +184,7 @@ def sweep(
     overrides = (set_ or []) + _device_overrides(device, dtype)
     try:
         if executor == "ray" and workers != 1:
-            raise ConfigError("--workers is for --executor local (Ray runs as many groups at once as the cluster has room for)")
+            raise ConfigError(RAY_WORKERS)
         runner = _executor(executor, address, ray_num_cpus, ray_num_gpus, ray_max_retries, threads)
         result = run_sweep(spec, out, workers=workers, threads=threads, progress=False if quiet else None, overrides=overrides,
                            executor=runner)

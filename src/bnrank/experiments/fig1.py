@@ -50,6 +50,7 @@ Conventions (ours; the paper does not spell them out):
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,8 +299,13 @@ def representative_trials(runs: pd.DataFrame, n: int = 4) -> pd.DataFrame:
     return live.loc[picked].sort_values("depth")
 
 
-def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict:
+def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequence[str] = (), executor=None,
+        workers: int | None = None, **options) -> dict:
     """Run (or resume) the sweep of `preset`, then fit, plot and judge it; `options` replace fields of the Preset.
+
+    `overrides` (``key=value``, as ``bnrank sweep --set``) change the sweep's base config, e.g.
+    ``["device=cuda"]``; `executor` runs its groups (default: `workers` local processes, the
+    preset's own number unless given; see `bnrank.run_sweep`).
 
     Returns the summary written to ``summary.json``:
         preset, lam, threshold, cost_max, rank_rule, fit_rule;
@@ -316,10 +322,13 @@ def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict
         acceptance: see `acceptance`;
         n_networks, n_diverged, fig1b_trials (cell ids), sweep (directory), wall_time_s.
     """
+    if workers is not None:
+        options = options | {"workers": workers}
     spec = resolve_preset("fig1", PRESETS, preset, options, hidden=HIDDEN_PRESETS)
     start = time.perf_counter()
     out = Path(out)
-    result = run_sweep(sweep_spec(spec), out / "sweep", workers=spec.workers, threads=spec.threads, progress=progress)
+    result = run_sweep(sweep_spec(spec), out / "sweep", workers=spec.workers, threads=spec.threads, progress=progress,
+                       overrides=list(overrides), executor=executor)
     runs = network_table(result)
     depths = depth_table(runs, spec.cost_max)
     fits = fit_rank_classes(runs)

@@ -21,7 +21,7 @@ and prints a per-layer table of member 0.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bnrank.atomic import staged_dir, write_json, write_with
-from bnrank.config import RunConfig, validate
+from bnrank.config import RunConfig, override, validate
 from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
 from bnrank.measure import analyze
@@ -101,8 +101,9 @@ def run_config(p: Preset) -> dict:
     }
 
 
-def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict:
-    """Train, measure and plot the rank-recovery figure for `preset`; `options` replace Preset fields.
+def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequence[str] = (), **options) -> dict:
+    """Train, measure and plot the rank-recovery figure for `preset`; `options` replace Preset fields
+    and `overrides` (``key=value``, as ``--set``) change its run config, e.g. ``["device=cuda"]``.
 
     Returns the summary written to ``summary.json`` (lists have one entry per member, layer 1 first):
         preset, config (resolved), lam, true_rank, threshold, middle_rule (MIDDLE_RULE);
@@ -116,13 +117,14 @@ def run(preset: str, out: Path, progress: bool | None = None, **options) -> dict
     spec = resolve_preset("iclr-rank", PRESETS, preset, options, hidden=HIDDEN_PRESETS)
     if spec.depth < 3:
         raise ConfigError(f"iclr-rank: depth must be >= 3 (a hidden middle layer), got {spec.depth}")
-    cfg = validate(RunConfig, run_config(spec), source=f"iclr-rank preset {preset!r}")
+    cfg = validate(RunConfig, override(run_config(spec), list(overrides)), source=f"iclr-rank preset {preset!r}")
     start = time.perf_counter()
     out = Path(out)
     with _threads(spec.threads), staged_dir(out, overwrite=True) as stage:
         trained = train(cfg, out=stage / "run", progress=progress)
         task = trained.task
-        layers = analyze(trained.model.double(), task.x_train[: spec.analyze_points], threshold=spec.threshold).layers
+        model = trained.model.to(device="cpu", dtype=torch.float64)  # measured on the CPU in float64
+        layers = analyze(model, task.x_train[: spec.analyze_points], threshold=spec.threshold).layers
         summary = _summary(spec, cfg, trained, layers) | {
             "preset": preset, "config": cfg.model_dump(mode="json"),
             "train_time_s": trained.summary["wall_time_s"], "wall_time_s": time.perf_counter() - start,

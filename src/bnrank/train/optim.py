@@ -9,7 +9,8 @@ optimizer state is not kept meaningful: they never become active again).
 
 An update runs its ops chunk by chunk (CHUNK elements), so each chunk's several passes stay in
 the CPU cache rather than streaming a multi-MB buffer once per pass (1.7M floats for 16 depth-12
-width-100 nets); measured, its effect was within this VM's noise (bench/README.md).
+width-100 nets); measured, its effect was within this VM's noise (bench/README.md). On a GPU an
+update is one chunk: there every op is a kernel launch, and caches are not what chunks buy.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ CHUNK = 1 << 16
 """Elements per chunk of an update: 256 KiB of float32 per operand."""
 
 
-def _chunks(n: int) -> list[slice]:
+def _chunks(param: Tensor) -> list[slice]:
+    n = param.numel()
+    if param.device.type != "cpu":
+        return [slice(0, n)]
     return [slice(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
 
 
@@ -35,7 +39,7 @@ class GD:
         self.momentum = momentum
         self.velocity = torch.zeros_like(param) if momentum else None
         self.update = torch.empty_like(param)
-        self.chunks = _chunks(param.numel())
+        self.chunks = _chunks(param)
 
     def step(self, grad: Tensor, lr: Tensor, active: Tensor, scale: float = 1.0) -> None:
         with torch.no_grad():
@@ -56,7 +60,7 @@ class Adam:
         self.m = torch.zeros_like(param)
         self.v = torch.zeros_like(param)
         self.update = torch.empty_like(param)
-        self.chunks = _chunks(param.numel())
+        self.chunks = _chunks(param)
 
     def step(self, grad: Tensor, lr: Tensor, active: Tensor, scale: float = 1.0) -> None:
         self.t += 1
