@@ -212,3 +212,37 @@ def test_cuda_training_sweeps_and_analysis_match_the_cpu(tmp_path):
     runs_cpu = run_sweep(spec, tmp_path / "cpu", progress=False).runs
     runs_gpu = run_sweep(spec, tmp_path / "gpu", progress=False, overrides=["device=cuda"]).runs
     torch.testing.assert_close(torch.tensor(runs_gpu.objective.values), torch.tensor(runs_cpu.objective.values), rtol=1e-6, atol=1e-10)
+
+
+def _graph_config() -> dict:
+    """Two phases (minibatch Adam with λ annealed and a cosine schedule, then heavy-ball GD),
+    re-balancing, and member 1's GD step so large that it diverges mid-phase."""
+    cfg = tiny_config() | {"device": "cuda", "dtype": "float64"}
+    cfg["train"] = {"lam": 0.01, "log_every": 7, "rebalance_every": 9, "phases": [
+        {"optimizer": "adam", "steps": 40, "lr": 0.01, "batch_size": 8, "schedule": "cosine", "lam_factor_start": 10},
+        {"optimizer": "gd", "steps": 40, "lr": [0.05, 500.0], "momentum": 0.9},
+    ]}
+    return cfg
+
+
+@gpu
+def test_cuda_graph_steps_give_the_eager_steps_numbers(monkeypatch):
+    graphed = bnrank.train(_graph_config(), progress=False)
+    monkeypatch.setenv("BNRANK_CUDA_GRAPHS", "0")
+    eager = bnrank.train(_graph_config(), progress=False)
+    assert graphed.summary["members"][1]["diverged"] and not graphed.summary["members"][0]["diverged"]
+    for key in ("diverged", "diverged_step", "objective", "param_norm_sq"):
+        assert [m[key] for m in graphed.summary["members"]] == [m[key] for m in eager.summary["members"]], key
+    for a, b in zip(graphed.model.parameters(), eager.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@gpu
+def test_graphed_step_captures_after_the_warmup_and_replays():
+    from bnrank.train.step import WARMUP, GraphedStep
+
+    counter = torch.zeros((), device="cuda")
+    step = GraphedStep(lambda: counter.add_(1), torch.device("cuda"), enabled=True)
+    for _ in range(WARMUP + 5):
+        step()
+    assert step.graph is not None and counter.item() == WARMUP + 5

@@ -47,14 +47,18 @@ class FlatParameters:
     def per_element(self, values: Tensor, key: str | None = None) -> Tensor:
         """(E·P,) tensor holding values[e] (values: (E,)) at every element of member e.
 
-        With a `key`, the result is kept and returned again (no new gather) while `values` stay
-        equal to those of the last call with that key (an (E,) comparison: a sync on a GPU)."""
+        With a `key`, the result lives in one buffer that every call with that key returns: on
+        the CPU it is gathered anew only when `values` differ from the last call's (a whole-buffer
+        gather costs several elementwise passes), on a GPU on every call (one kernel, where the
+        comparison would wait for the device; so the gather can be part of a CUDA graph)."""
         if key is None:
             return values.index_select(0, self.member)
         last = self._spread.get(key)
-        if last is None or not torch.equal(last[0], values):
-            out = values.index_select(0, self.member) if last is None else torch.index_select(values, 0, self.member, out=last[1])
-            self._spread[key] = (values.clone(), out)
+        if last is None:
+            self._spread[key] = (values.clone(), values.index_select(0, self.member))
+        elif values.device.type != "cpu" or not torch.equal(last[0], values):
+            torch.index_select(values, 0, self.member, out=last[1])
+            last[0].copy_(values)
         return self._spread[key][1]
 
     def __enter__(self) -> "FlatParameters":

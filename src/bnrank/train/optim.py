@@ -5,7 +5,10 @@ the same layout, in a few whole-buffer ops and no Python loop over members or pa
 ``step(grad, lr, active, scale)`` takes the learning rate and a boolean mask `active` per
 element (`FlatParameters.per_element` of per-member values) and a scalar factor on lr (the
 schedule's): inactive (diverged or stopped) members are left exactly as they are (their
-optimizer state is not kept meaningful: they never become active again).
+optimizer state is not kept meaningful: they never become active again). A step is
+``prepare(scale)`` (host side: the step's scalars into small device buffers) then
+``apply(grad, lr, active)`` (device ops only, reading those buffers), so `apply` can be captured
+once as a CUDA graph and replayed (`bnrank.train.step`).
 
 An update runs its ops chunk by chunk (CHUNK elements), so each chunk's several passes stay in
 the CPU cache rather than streaming a multi-MB buffer once per pass (1.7M floats for 16 depth-12
@@ -40,13 +43,21 @@ class GD:
         self.velocity = torch.zeros_like(param) if momentum else None
         self.update = torch.empty_like(param)
         self.chunks = _chunks(param)
+        self.coef = param.new_zeros(())  # this step's factor on lr (`prepare`)
 
     def step(self, grad: Tensor, lr: Tensor, active: Tensor, scale: float = 1.0) -> None:
+        self.prepare(scale)
+        self.apply(grad, lr, active)
+
+    def prepare(self, scale: float = 1.0) -> None:
+        self.coef.fill_(scale)
+
+    def apply(self, grad: Tensor, lr: Tensor, active: Tensor) -> None:
         with torch.no_grad():
             for c in self.chunks:
                 g = grad[c] if self.velocity is None else self.velocity[c].mul_(self.momentum).add_(grad[c])
                 update = torch.mul(g, lr[c], out=self.update[c]).masked_fill_(~active[c], 0.0)
-                self.param[c].sub_(update, alpha=scale)
+                self.param[c].addcmul_(update, self.coef, value=-1)
 
 
 class Adam:
@@ -61,19 +72,27 @@ class Adam:
         self.v = torch.zeros_like(param)
         self.update = torch.empty_like(param)
         self.chunks = _chunks(param)
+        self.coef = param.new_zeros(())  # this step's scale / c1 (`prepare`)
+        self.root_c2 = param.new_zeros(())  # and √c2 (bias corrections c_i = 1 − β_i^t)
 
     def step(self, grad: Tensor, lr: Tensor, active: Tensor, scale: float = 1.0) -> None:
+        self.prepare(scale)
+        self.apply(grad, lr, active)
+
+    def prepare(self, scale: float = 1.0) -> None:
         self.t += 1
-        c1 = 1 - self.beta1**self.t
-        c2 = 1 - self.beta2**self.t
+        self.coef.fill_(scale / (1 - self.beta1**self.t))
+        self.root_c2.fill_(math.sqrt(1 - self.beta2**self.t))
+
+    def apply(self, grad: Tensor, lr: Tensor, active: Tensor) -> None:
         with torch.no_grad():
             for c in self.chunks:
                 g, m, v, buf = grad[c], self.m[c], self.v[c], self.update[c]
                 m.lerp_(g, 1 - self.beta1)
                 v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-                denom = torch.sqrt(v, out=buf).div_(math.sqrt(c2)).add_(self.eps)  # √(v/c2) + eps
+                denom = torch.sqrt(v, out=buf).div_(self.root_c2).add_(self.eps)  # √(v/c2) + eps
                 update = torch.div(m, denom, out=buf).mul_(lr[c]).masked_fill_(~active[c], 0.0)
-                self.param[c].sub_(update, alpha=scale / c1)
+                self.param[c].addcmul_(update, self.coef, value=-1)
 
 
 def make_optimizer(phase, param: Tensor):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import pandas as pd
 import torch
@@ -28,6 +29,7 @@ from bnrank.train.flat import FlatParameters
 from bnrank.train.optim import make_optimizer
 from bnrank.train.rebalance import balance_error, rebalance_
 from bnrank.train.schedules import lam_factor, lr_factor, resolve_phase
+from bnrank.train.step import GraphedStep
 
 METRIC_COLUMNS = [
     "step", "phase", "member", "objective", "mse", "param_norm_sq", "grad_norm",
@@ -130,6 +132,17 @@ def fit(
             rows.append({"step": step, "phase": phase_idx, "member": e} | {k: v[e] for k, v in values.items()})
         return now
 
+    lam_t = lam_base.clone()  # the step's inputs, refilled in place before each step (bnrank.train.step)
+    step_no = torch.zeros((), dtype=torch.long, device=ref.device)
+
+    def train_step(opt, lr_elem: Tensor, xb: Tensor, yb: Tensor) -> None:
+        """One step of every member still training; device work only (a CUDA graph replays it)."""
+        obj, _, _, _ = objective_and_grads(model, xb, yb, lam_t, workspace, config.mse_reduction, flat)
+        finite = torch.isfinite(obj)
+        diverged_at.copy_(torch.where(alive & ~done & ~finite, step_no, diverged_at))
+        alive.logical_and_(finite | done)
+        opt.apply(flat.grad, lr_elem, flat.per_element(alive & ~done, "active"))
+
     with FlatParameters(model) as flat, _progress(show) as bar:
         task = bar.add_task("training", total=total_steps, info="")
         for phase_idx, phase in enumerate(config.phases):
@@ -140,30 +153,27 @@ def fit(
             batch = phase.batch_size
             perm = torch.randperm(n, generator=gen).to(ref.device) if batch else None  # drawn on the CPU: same batches on any device
             cursor = 0
+            xb, yb = (x[..., :batch, :].clone(), y[..., :batch, :].clone()) if batch else (x, y)
+            run_step = GraphedStep(partial(train_step, opt, lr_elem, xb, yb), ref.device)
             if step == 0:
                 log(phase_idx, lr_base * lr_factor(phase, 0), lam_base * lam_factor(phase, 0))
             for t in range(phase.steps):
-                lr = lr_base * lr_factor(phase, t)
-                lam_t = lam_base * lam_factor(phase, t)
+                torch.mul(lam_base, lam_factor(phase, t), out=lam_t)
+                step_no.fill_(step)
                 if batch:
                     if cursor + batch > n:
                         perm, cursor = torch.randperm(n, generator=gen).to(ref.device), 0
                     idx = perm[cursor : cursor + batch]
                     cursor += batch
-                    xb, yb = x[..., idx, :], y[..., idx, :]
-                else:
-                    xb, yb = x, y
-                obj, _, _, _ = objective_and_grads(model, xb, yb, lam_t, workspace, config.mse_reduction, flat)
-                finite = torch.isfinite(obj)
-                diverged_at = torch.where(alive & ~done & ~finite, step, diverged_at)
-                alive &= finite | done
-                training = alive & ~done
-                opt.step(flat.grad, lr_elem, flat.per_element(training, "active"), lr_factor(phase, t))
+                    torch.index_select(x, -2, idx, out=xb)
+                    torch.index_select(y, -2, idx, out=yb)
+                opt.prepare(lr_factor(phase, t))
+                run_step()
                 step += 1
                 if config.rebalance_every and step % config.rebalance_every == 0:
-                    rebalance_(model, active=training)
+                    rebalance_(model, active=alive & ~done)
                 if step % config.log_every == 0 or t == phase.steps - 1:
-                    now = log(phase_idx, lr, lam_t)
+                    now = log(phase_idx, lr_base * lr_factor(phase, t), lam_t)
                     training = (alive & ~done).cpu()
                     info = f"objective {now[training].mean().item():.4g}" if training.any() else "all members stopped"
                     bar.update(task, completed=step, info=info)
