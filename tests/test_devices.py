@@ -106,10 +106,10 @@ from pathlib import Path
 PRESETS = {"quick": {}}
 
 
-def run(preset, out, progress=None, executor=None, overrides=()):
+def run(preset, out, progress=None, executor=None, overrides=(), workers=None):
     Path(out).mkdir(parents=True)
     seen = {"overrides": list(overrides), "executor": type(executor).__name__,
-            "num_gpus": getattr(executor, "num_gpus", None)}
+            "num_gpus": getattr(executor, "num_gpus", None), "workers": workers}
     (Path(out) / "seen.json").write_text(json.dumps(seen))
     return seen
 '''
@@ -141,17 +141,26 @@ def test_reproduce_passes_device_dtype_and_executor(experiments):
                           "--executor", "ray", "--ray-num-gpus", "0.5")
     assert code == 0, stderr
     seen = json.loads((out / "seen.json").read_text())
-    assert seen == {"overrides": ["device=auto", "dtype=float64"], "executor": "RayExecutor", "num_gpus": 0.5}
-    code, _, stderr = cli("reproduce", "probe", "--out", experiments / "plain-options")
+    assert seen == {"overrides": ["device=auto", "dtype=float64"], "executor": "RayExecutor", "num_gpus": 0.5,
+                    "workers": None}
+    code, _, stderr = cli("reproduce", "probe", "--out", experiments / "plain-options", "--workers", "3")
     assert code == 0, stderr
-    assert json.loads((experiments / "plain-options" / "seen.json").read_text())["overrides"] == []
+    seen = json.loads((experiments / "plain-options" / "seen.json").read_text())
+    assert seen["overrides"] == [] and seen["workers"] == 3 and seen["executor"] == "NoneType"
 
 
 @pytest.mark.parametrize("extra, message", [(["--device", "cpu"], "does not take --device/--dtype"),
-                                            (["--executor", "ray"], "does not take --executor ray")])
+                                            (["--executor", "ray"], "does not take --executor ray"),
+                                            (["--workers", "2"], "does not take --workers")])
 def test_reproduce_refuses_options_an_experiment_does_not_take(experiments, extra, message):
     code, _, stderr = cli("reproduce", "plain", "--out", experiments / "o", *extra)
     one_line_error(code, stderr, f"experiment plain {message}")
+
+
+def test_reproduce_refuses_workers_with_ray(experiments):
+    code, _, stderr = cli("reproduce", "probe", "--out", experiments / "o", "--executor", "ray", "--workers", "2")
+    one_line_error(code, stderr, "--workers is for --executor local")
+    assert not (experiments / "o").exists()
 
 
 @no_gpu

@@ -167,3 +167,14 @@ def test_fig1a_draws_the_affine_fit_and_the_expansion_curve():
     x, y = solid[0].get_data()
     affine = np.polyfit(runs["depth"], runs["param_norm_sq"], 1)
     assert np.allclose(y, np.polyval(affine, x))
+
+
+def test_overrides_reach_the_sweep_and_a_bad_one_fails_before_anything_is_written(tmp_path):
+    out = tmp_path / "f64"
+    summary = fig1.run("tiny", out, progress=False, overrides=["dtype=float64"], workers=2, depths=(3,))
+    runs = pd.read_parquet(out / "sweep" / "runs.parquet")
+    assert summary["n_networks"] == len(runs) == fig1.PRESETS["tiny"].trials
+    assert "dtype: float64" in (out / "sweep" / "spec.yaml").read_text()
+    with pytest.raises(ConfigError, match="nonsense"):
+        fig1.run("tiny", tmp_path / "bad", progress=False, overrides=["model.nonsense=1"])
+    assert not (tmp_path / "bad").exists()

@@ -2,6 +2,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from bnrank.errors import ConfigError
 from bnrank.experiments import get_experiment, iclr_rank
@@ -36,3 +37,12 @@ def test_unknown_preset_and_bad_depth_fail_with_one_line(tmp_path):
     with pytest.raises(ConfigError, match="depth must be >= 3"):
         iclr_rank.run("tiny", tmp_path / "x", depth=2)
     assert not (tmp_path / "x").exists()
+
+
+def test_overrides_change_the_run_config(tmp_path):
+    summary = iclr_rank.run("tiny", tmp_path / "f64", progress=False, overrides=["dtype=float64"])
+    assert summary["config"]["dtype"] == "float64"
+    assert load_run(tmp_path / "f64" / "run").model.weights[0].dtype == torch.float64
+    with pytest.raises(ConfigError, match="nonsense"):
+        iclr_rank.run("tiny", tmp_path / "bad", progress=False, overrides=["model.nonsense=1"])
+    assert not (tmp_path / "bad").exists()
