@@ -1,12 +1,12 @@
 """`fit`: train an ensemble on the regularized objective, in phases, with diagnostics.
 
 The hot loop does one batched forward/backward for all members (hand-written backprop,
-`bnrank.train.backprop`) and never synchronizes on a member's value: a member whose objective
-turns non-finite is masked out on-device (its parameters stay as they were at that step) while
-the others go on unchanged. Diagnostics are computed every `log_every` steps at the current
-parameters on the full training set; there a member that meets the stop rule is frozen the same
-way, so every member's result is what it would be if it were trained alone. Training ends when
-no member is left to train.
+`bnrank.train.backprop`), on a GPU replayed as a CUDA graph (`bnrank.train.step`), and never
+synchronizes on a member's value: a member whose objective turns non-finite is masked out
+on-device (its parameters stay as they were at that step) while the others go on unchanged.
+Diagnostics are computed every `log_every` steps at the current parameters on the full training
+set; there a member that meets the stop rule is frozen the same way, so every member's result is
+what it would be if it were trained alone. Training ends when no member is left to train.
 """
 
 from __future__ import annotations
