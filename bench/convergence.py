@@ -12,6 +12,7 @@ W_⌈L/2⌉ above 0.1) and its top 5 singular values.
     .venv/bin/python bench/convergence.py                       # L 8, 16 × λ 1e-3, 1e-2, E = 2
     .venv/bin/python bench/convergence.py --depths 8 --lams 0.001 --no-baseline
     .venv/bin/python bench/convergence.py --width 100 --n-train 500   # the task's default sizes
+    .venv/bin/python bench/convergence.py --lams 0.001 --no-baseline --polish-steps 150000  # a longer cap
 
 Run it alone (one process, one thread: the machine is shared); prints a markdown table.
 """
@@ -100,6 +101,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=200)
     ap.add_argument("--rel-tol", type=float, default=None, help="stop rule tolerance (default: the recipe's)")
+    ap.add_argument("--polish-steps", type=int, default=None, help="cap of the polish phase (default: the recipe's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
@@ -109,7 +111,7 @@ def main() -> None:
     rows = []
     for depth in args.depths:
         for lam in args.lams:
-            kw = {} if args.rel_tol is None else {"rel_tol": args.rel_tol}
+            kw = {k: v for k, v in (("rel_tol", args.rel_tol), ("polish_steps", args.polish_steps)) if v is not None}
             cfg = apply_recipe(base_config(depth, lam, args), **kw)
             tc = default_train_config(depth, lam, **kw)
             polish_from = tc.phases[0].steps + tc.phases[1].steps
