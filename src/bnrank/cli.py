@@ -29,9 +29,9 @@ ExecutorOption = Annotated[Literal["local", "ray"], typer.Option(help="Where swe
 AddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster: auto (the one this node joined with `ray start`) or HOST:PORT of its head; default $RAY_ADDRESS, else a new local Ray instance.")]
 RayCpusOption = Annotated[Optional[float], typer.Option("--ray-num-cpus", help="CPUs each Ray task (one ensemble group) reserves, also its torch threads (default 1).")]
 RayGpusOption = Annotated[Optional[float], typer.Option("--ray-num-gpus", help="GPUs each Ray task reserves; a fraction packs groups onto a GPU, 0.25: four (default 0).")]
-RAY_WORKERS = "--workers is for --executor local (Ray runs as many groups at once as the cluster has room for)"
-
 RayRetriesOption = Annotated[Optional[int], typer.Option("--ray-max-retries", help="Times Ray reruns a task whose worker process died (default 3).")]
+
+RAY_WORKERS = "--workers is for --executor local (Ray runs as many groups at once as the cluster has room for)"
 
 
 @app.callback()

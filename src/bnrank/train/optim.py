@@ -34,7 +34,15 @@ def _chunks(param: Tensor) -> list[slice]:
     return [slice(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
 
 
-class GD:
+class _Optimizer:
+    """A step is `prepare` (host) then `apply` (device ops only); see the module docstring."""
+
+    def step(self, grad: Tensor, lr: Tensor, active: Tensor, scale: float = 1.0) -> None:
+        self.prepare(scale)
+        self.apply(grad, lr, active)
+
+
+class GD(_Optimizer):
     """(Stochastic) gradient descent with optional heavy-ball momentum: v ← μv + g, θ ← θ − lr·v."""
 
     def __init__(self, param: Tensor, momentum: float = 0.0):
@@ -44,10 +52,6 @@ class GD:
         self.update = torch.empty_like(param)
         self.chunks = _chunks(param)
         self.coef = param.new_zeros(())  # this step's factor on lr (`prepare`)
-
-    def step(self, grad: Tensor, lr: Tensor, active: Tensor, scale: float = 1.0) -> None:
-        self.prepare(scale)
-        self.apply(grad, lr, active)
 
     def prepare(self, scale: float = 1.0) -> None:
         self.coef.fill_(scale)
@@ -60,7 +64,7 @@ class GD:
                 self.param[c].addcmul_(update, self.coef, value=-1)
 
 
-class Adam:
+class Adam(_Optimizer):
     """Adam (Kingma & Ba) with bias correction; the objective's penalty is in the gradient."""
 
     def __init__(self, param: Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
@@ -74,10 +78,6 @@ class Adam:
         self.chunks = _chunks(param)
         self.coef = param.new_zeros(())  # this step's scale / c1 (`prepare`)
         self.root_c2 = param.new_zeros(())  # and √c2 (bias corrections c_i = 1 − β_i^t)
-
-    def step(self, grad: Tensor, lr: Tensor, active: Tensor, scale: float = 1.0) -> None:
-        self.prepare(scale)
-        self.apply(grad, lr, active)
 
     def prepare(self, scale: float = 1.0) -> None:
         self.t += 1
