@@ -41,7 +41,9 @@ class CompositionTask(StrictModel):
     """Rank-k composition task (theory.md §5, Figure 1): x = g(z), y = h(z_1..z_k).
 
     z ~ N(0, I_latent_dim); g: R^latent_dim → R^d_in and h: R^rank → R^d_out are random
-    one-hidden-layer ReLU nets of width `hidden`; x and y are standardized per coordinate.
+    one-hidden-layer ReLU nets of width `hidden`; h reads (z_1, minor_scale·z_2, ...,
+    minor_scale·z_k), so minor_scale < 1 leaves a small part of y outside the best rank-1 fit;
+    x and y are standardized per coordinate.
     """
 
     kind: Literal["composition"] = "composition"
@@ -55,6 +57,7 @@ class CompositionTask(StrictModel):
     hidden: int = Field(100, gt=0)
     bias_std: NonNegativeFloat = 0.5
     g_scale: PositiveFloat = 1.0
+    minor_scale: PositiveFloat = 1.0
     seed: int = 0
 
     @model_validator(mode="after")
