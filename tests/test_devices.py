@@ -114,6 +114,18 @@ def run(preset, out, progress=None, executor=None, overrides=(), workers=None):
     return seen
 '''
 
+INTERRUPTED = '''
+from pathlib import Path
+
+PRESETS = {"quick": {}}
+
+
+def run(preset, out, progress=None, **options):
+    if preset == "quick":
+        (Path(out) / "sweep").mkdir(parents=True)
+    raise KeyboardInterrupt
+'''
+
 PLAIN = '''
 PRESETS = {"quick": {}}
 
@@ -125,13 +137,16 @@ def run(preset, out, progress=None, **options):
 
 @pytest.fixture
 def experiments(tmp_path, monkeypatch):
-    """Two experiments: `probe` takes executor and overrides, `plain` takes neither."""
-    for name, source in (("bnrank_probe_experiment", PROBE), ("bnrank_plain_experiment", PLAIN)):
+    """Three experiments: `probe` takes executor and overrides, `plain` takes neither,
+    `interrupted` is stopped by Ctrl-C (after starting a sweep directory in preset quick)."""
+    for name, source in (("bnrank_probe_experiment", PROBE), ("bnrank_plain_experiment", PLAIN),
+                         ("bnrank_interrupted_experiment", INTERRUPTED)):
         (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(bnrank.experiments.EXPERIMENTS, "probe", "bnrank_probe_experiment")
     monkeypatch.setitem(bnrank.experiments.EXPERIMENTS, "plain", "bnrank_plain_experiment")
+    monkeypatch.setitem(bnrank.experiments.EXPERIMENTS, "interrupted", "bnrank_interrupted_experiment")
     return tmp_path
 
 
@@ -161,6 +176,15 @@ def test_reproduce_refuses_workers_with_ray(experiments):
     code, _, stderr = cli("reproduce", "probe", "--out", experiments / "o", "--executor", "ray", "--workers", "2")
     one_line_error(code, stderr, "--workers is for --executor local")
     assert not (experiments / "o").exists()
+
+
+@pytest.mark.parametrize("preset, message", [("quick", "finished groups are kept in"),
+                                             ("other", "nothing new was written to")])
+def test_reproduce_interrupted_says_what_is_kept_and_exits_130(experiments, preset, message):
+    code, _, stderr = cli("reproduce", "interrupted", "--preset", preset, "--out", experiments / "o")
+    assert code == 130
+    assert stderr.strip().startswith(f"interrupted: {message}") and "rerun the same command" in stderr
+    assert len(stderr.strip().splitlines()) == 1
 
 
 @no_gpu

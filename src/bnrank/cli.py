@@ -151,6 +151,12 @@ def reproduce(
         module.run(preset, out, progress=False if quiet else None, **options)
     except BnrankError as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        sweep = out / "sweep"
+        kept = (f"finished groups are kept in {sweep}; rerun the same command to resume" if sweep.is_dir()
+                else f"nothing new was written to {out}; rerun the same command to start again")
+        err_console.print(f"interrupted: {kept}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     except Exception as err:
         if not _is_ray_failure(err):
             raise
