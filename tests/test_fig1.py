@@ -8,7 +8,7 @@ from bnrank.errors import ConfigError
 from bnrank.experiments import fig1, get_experiment
 from bnrank.measure.theory import fit_depth_expansion
 
-SUMMARY_KEYS = {"preset", "lam", "threshold", "cost_max", "rank_rule", "fit_rule", "depths", "rank_classes",
+SUMMARY_KEYS = {"preset", "lam", "threshold", "cost_max", "rank_rule", "fit_rule", "minor_scale", "depths", "rank_classes",
                 "acceptance", "n_networks", "n_diverged", "fig1b_trials", "sweep", "wall_time_s"}
 CLASS_KEYS = {"rank", "depths", "n_networks", "slope", "slope_stderr", "intercept", "intercept_stderr",
               "expansion_slope", "expansion_slope_stderr", "expansion_intercept", "r2_coef", "r2_coef_stderr",
@@ -178,3 +178,20 @@ def test_overrides_reach_the_sweep_and_a_bad_one_fails_before_anything_is_writte
     with pytest.raises(ConfigError, match="nonsense"):
         fig1.run("tiny", tmp_path / "bad", progress=False, overrides=["model.nonsense=1"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_printed_table_marks_the_checked_fit_only_where_the_slope_check_reads_the_class(tmp_path, capsys):
+    depths = pd.DataFrame({"depth": [4, 6, 8, 10, 12], "rank": [2, 2, 2, 1, 1], "fitted": True, "mse": 0.01,
+                           "ranks": [[2], [2], [2], [1], [1]]})
+    runs = pd.DataFrame({"depth": [4, 6, 8, 10, 12], "param_norm_sq": [10.0, 14.0, 18.0, 12.0, 13.0],
+                         "rank": [2, 2, 2, 1, 1], "diverged": False, "jac_rank": [2, 2, 2, 1, 1],
+                         "r1_lower_bound": 0.0, "r1_at_rank": 0.0})
+    fits = fig1.fit_rank_classes(runs)
+    summary = {"lam": 1e-3, "depths": depths.to_dict(orient="records"), "rank_classes": fig1.rank_classes(runs, fits),
+               "acceptance": fig1.acceptance(depths, fits), "wall_time_s": 1.0, "n_networks": 5, "n_diverged": 0}
+    summary = json.loads(json.dumps(summary))  # as summary.json reads back: the check's keys become strings
+    fig1._print_tables(summary, tmp_path)
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    rows = {words[0]: " ".join(words) for words in lines if words and words[0] in ("1", "2") and "±" in " ".join(words)}
+    assert "2.00±0.00*" in rows["2"]  # three depths: the slope check reads its affine fit
+    assert "*" not in rows["1"]  # two depths: not checked, so not marked

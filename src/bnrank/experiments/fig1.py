@@ -421,11 +421,14 @@ def _print_tables(summary: dict, out: Path) -> None:
         table.add_row(str(row["depth"]), str(row["rank"]), f"{row['mse']:.3g}{mark}", " ".join(map(str, row["ranks"])))
     console.print(table)
     classes = Table(title="Rank classes: ‖θ‖² ≈ slope·L + intercept (affine) and ≈ k·L + R⁽¹⁾ + R⁽²⁾/L; "
-                          "* = the checked fit (SLOPE_RULE); R⁽¹⁾ ≥: max 2 log|Jf(x)|₊", box=box.SIMPLE_HEAD)
+                          "* = the fit the slope check reads (SLOPE_RULE; classes with enough depths); R⁽¹⁾ ≥: max 2 log|Jf(x)|₊", box=box.SIMPLE_HEAD)
     for name in ("rank", "depths", "nets", "affine slope", "k, + R⁽²⁾/L", "R⁽²⁾", "R⁽¹⁾ ≥"):
         classes.add_column(name, justify="right")
+    slope_check = next(c for c in summary["acceptance"]["criteria"] if c["name"] == "slope_equals_rank")
+    checked_ranks = {int(rank) for rank in slope_check["value"]}  # int keys, or str ones read back from JSON
     for c in summary["rank_classes"]:
-        star = {fit: "*" if c["checked_fit"] == fit else "" for fit in ("affine", "expansion")}
+        read = c["rank"] in checked_ranks
+        star = {fit: "*" if read and c["checked_fit"] == fit else "" for fit in ("affine", "expansion")}
         slope = f"{_fmt(c['slope'], '.2f')}±{_fmt(c['slope_stderr'], '.2f')}{star['affine']}"
         expansion = f"{_fmt(c['expansion_slope'], '.2f')}±{_fmt(c['expansion_slope_stderr'], '.2f')}{star['expansion']}"
         r2 = f"{_fmt(c['r2_coef'], '.0f')}±{_fmt(c['r2_coef_stderr'], '.0f')}"
