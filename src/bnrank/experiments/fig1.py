@@ -42,9 +42,10 @@ Conventions (ours; the paper does not spell them out):
   keep rank 3 up to depth 14 and do not converge beyond (measured; see the issue notes).
 - TASK_RULE: the presets weight the target's second latent by `minor_scale` = 0.08
   (y = h(z_1, 0.08·z_2), `bnrank.tasks.composition`), so that the best function of z_1 alone
-  leaves ε ≈ 3 % of y's variance unfit. The depth where rank 1 overtakes rank 2 is where
-  λ·(‖θ‖²_rank2(L) − ‖θ‖²_rank1(L)) ≈ λ·(L + ΔR⁽¹⁾) exceeds the fit error ε it costs
-  (theory.md §2's tradeoff), L ≈ ε/λ − ΔR⁽¹⁾ ≈ 25 here. With y = h(z_1, z_2) (minor_scale 1),
+  leaves ε ≈ 3 % of y's variance unfit. Rank 1 overtakes rank 2 where the norm it saves,
+  λ·(‖θ‖²_rank2(L) − ‖θ‖²_rank1(L)) ≈ λ·(L + ΔR⁽¹⁾), exceeds the fit error it costs (at most
+  ε; theory.md §2's tradeoff): L ≈ (MSE_rank1 − MSE_rank2)/λ − ΔR⁽¹⁾, the mid-20s to low 30s
+  here, measured between 24 and 26 on the presets' task draw (bench/README.md). With y = h(z_1, z_2) (minor_scale 1),
   ε ≈ 0.54 even for the best single direction of (z_1, z_2), which puts rank 1 and the collapse
   θ = 0 at depths in the hundreds at λ = 0.001: no preset depth can show a rank below 2
   (measured: results/fig1-paper-h100, ranks 3 then 2 up to depth 30). The paper's own task is
