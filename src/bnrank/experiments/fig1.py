@@ -45,11 +45,12 @@ Conventions (ours; the paper does not spell them out):
   leaves ε ≈ 3 % of y's variance unfit. Rank 1 overtakes rank 2 where the norm it saves,
   λ·(‖θ‖²_rank2(L) − ‖θ‖²_rank1(L)) ≈ λ·(L + ΔR⁽¹⁾), exceeds the fit error it costs (at most
   ε; theory.md §2's tradeoff): L ≈ (MSE_rank1 − MSE_rank2)/λ − ΔR⁽¹⁾, the mid-20s to low 30s
-  here, measured between 24 and 26 with the quick preset (bench/README.md). With y = h(z_1, z_2) (minor_scale 1),
-  ε ≈ 0.54 even for the best single direction of (z_1, z_2), which puts rank 1 and the collapse
-  θ = 0 at depths in the hundreds at λ = 0.001: no preset depth can show a rank below 2
-  (measured: results/fig1-paper-h100, ranks 3 then 2 up to depth 30). The paper's own task is
-  not published; 0.08 was picked from the ε estimate before any sweep with it and kept.
+  here, measured between 24 and 26 with the quick preset (bench/README.md). With
+  y = h(z_1, z_2) (minor_scale 1), ε ≈ 0.54 even for the best single direction of (z_1, z_2),
+  which puts rank 1 and the collapse θ = 0 at depths in the hundreds at λ = 0.001: no preset
+  depth can show a rank below 2 (measured: results/fig1-paper-h100, ranks 3 then 2 up to depth
+  30). The paper's own task is not published; 0.08 was picked from the ε estimate before any
+  sweep with it and kept.
 - Every depth L is trained by the default recipe of its own depth (`default_train_config(L)`,
   init scale `default_init_scale(L)`), one sweep *case* per depth, with the recipe's phase
   lengths times the preset's `steps_factor` (the last phase stops early by the stop rule).
