@@ -80,3 +80,21 @@ def test_a_failed_ray_task_is_one_line_and_exit_code_1(tmp_path, monkeypatch):
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "WorkerCrashedError" in lines[0] and "rerun to resume" in lines[0]
+
+
+@pytest.mark.parametrize("started, message", [(True, "finished groups are kept in"), (False, "nothing new was written to")])
+def test_sweep_interrupted_says_what_is_kept_and_exits_130(tmp_path, monkeypatch, started, message):
+    import bnrank.sweep
+
+    def interrupted(spec, out, **kwargs):
+        if started:
+            out.mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bnrank.sweep, "run_sweep", interrupted)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"base": tiny_config(), "seeds": [0]}))
+    res = bnrank_cli("sweep", spec, "--out", tmp_path / "sw", "-q")
+    assert res.returncode == 130
+    assert res.stderr.strip().startswith(f"interrupted: {message}") and "rerun the same command" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -53,6 +53,15 @@ def _ray_failed(err: BaseException, out: Path) -> None:
     raise typer.Exit(1)
 
 
+def _interrupted(sweep: Path, out: Path) -> None:
+    """One line on Ctrl-C saying what is kept (the finished groups of `sweep`, if it was started,
+    else nothing new in `out`); exit code 130."""
+    kept = (f"finished groups are kept in {sweep}; rerun the same command to resume" if sweep.is_dir()
+            else f"nothing new was written to {out}; rerun the same command to start again")
+    err_console.print(f"interrupted: {kept}", highlight=False, soft_wrap=True, markup=False)
+    raise typer.Exit(130)
+
+
 def _fail(message: str) -> None:
     err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -152,11 +161,7 @@ def reproduce(
     except BnrankError as err:
         _fail(str(err))
     except KeyboardInterrupt:
-        sweep = out / "sweep"
-        kept = (f"finished groups are kept in {sweep}; rerun the same command to resume" if sweep.is_dir()
-                else f"nothing new was written to {out}; rerun the same command to start again")
-        err_console.print(f"interrupted: {kept}", highlight=False, soft_wrap=True)
-        raise typer.Exit(130)
+        _interrupted(out / "sweep", out)
     except Exception as err:
         if not _is_ray_failure(err):
             raise
@@ -197,8 +202,7 @@ def sweep(
     except BnrankError as err:
         _fail(str(err))
     except KeyboardInterrupt:
-        err_console.print(f"interrupted: finished groups are kept in {out}; rerun the same command to resume", highlight=False, soft_wrap=True)
-        raise typer.Exit(130)
+        _interrupted(out, out)
     except Exception as err:
         if not _is_ray_failure(err):
             raise
