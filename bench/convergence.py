@@ -1,4 +1,4 @@
-"""Convergence to the regularized minimum: the default recipe vs plain Adam (issue 2 item 10).
+"""Convergence to the regularized minimum: the default recipe vs plain Adam.
 
 For each depth L and λ: an ensemble of E members on the rank-2 composition task trained with
 `bnrank.train.recipe` (Adam with λ annealed from above → heavy-ball GD at lr = c / top Hessian

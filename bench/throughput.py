@@ -1,6 +1,6 @@
 """Training throughput: the ensemble trainer vs a plain per-network PyTorch loop vs matmul peak.
 
-Workloads (issue 2): Figure-1 size (depth 12, width 100, N = 500, d_in = d_out = 20) and a
+Workloads: Figure-1 size (depth 12, width 100, N = 500, d_in = d_out = 20) and a
 deep, small-batch one (depth 25, N = 200). Full-batch Adam on the regularized objective.
 
 FLOPs counted per network-step: 6·N·Σ_ℓ fan_in·fan_out (forward 2·N·fan_in·fan_out per layer,

@@ -39,7 +39,7 @@ Conventions (ours; the paper does not spell them out):
   λ‖θ‖² (`train.mse_reduction: mean`), and "train cost" is that mean squared error. This is our
   reading of the paper's λ = 0.001 and "train cost < 0.1": with the squared error summed over the
   20 outputs (theory.md §1's default), λ = 0.001 is 20× weaker and, on this task, the networks
-  keep rank 3 up to depth 14 and do not converge beyond (measured; see the issue notes).
+  keep rank 3 up to depth 14 and do not converge beyond (measured: bench/README.md, "Where the rank-2 range appears").
 - TASK_RULE: the presets weight the target's second latent by `minor_scale` = 0.08
   (y = h(z_1, 0.08·z_2), `bnrank.tasks.composition`), so that the best function of z_1 alone
   leaves ε ≈ 3 % of y's variance unfit. Rank 1 overtakes rank 2 where the norm it saves,
@@ -135,7 +135,7 @@ PRESETS: dict[str, Preset] = {
     # Seconds: a smoke test of the whole pipeline (tests/test_fig1.py), not a result.
     "tiny": Preset(depths=(3, 4, 5), trials=2, width=8, n_train=32, phase_steps=(300, 30, 30),
                    analyze_points=8),
-    # ≤ 15 min on 2 shared CPU cores (see the issue note for the measured numbers).
+    # ≤ 15 min on 2 shared CPU cores (measured: results/fig1-quick-cpu/README.md).
     "quick": Preset(depths=tuple(range(4, 29, 2)), trials=2, width=40, n_train=150, g_scale=0.2, minor_scale=0.08,
                     steps_factor=0.5, workers=2),
     # The paper's sizes: depths up to 30, 4 trials, width 100, N = 500 (a GPU or a cluster).

@@ -15,7 +15,7 @@ torch threads, so the processes share the machine's cores rather than oversubscr
 small networks often run fastest on one thread, and on a machine whose cores are already busy
 more threads than free cores can be many times slower. The
 processes come from a forkserver that has imported bnrank once (spawn where there is none): never
-a fork of a parent whose torch thread pools are running, and only one torch import per session
+a fork of a parent whose torch thread pools are running, and only one torch import per pool
 rather than one per worker. As with any non-fork pool, a script that calls it must guard its
 entry point with ``if __name__ == "__main__":``. Workers ignore SIGINT: on Ctrl-C the parent
 stops waiting, terminates them and lets the interrupt propagate (groups in flight are lost).

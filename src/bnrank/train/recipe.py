@@ -33,9 +33,9 @@ Initialization: He scaled by `default_init_scale(depth)` = 2^(−3/L), so the ne
 at init is ~1/8 whatever the depth: well below He init's ‖θ‖² (at depth 16 He init carries
 ‖θ‖² ~ 10³, most of which Adam must first remove), large enough that the data gradient beats the
 penalty at the first step (at init scale 0.5, depth 16 collapses to θ = 0; at 2^(−12/L), depth
-24 of Figure 1 does). It was 2^(−8/L) until session 3. On the Figure 1 networks, 2^(−5/L) and
-then 2^(−3/L) ended as low or lower at every depth 4–28, most at depths 20–28, where the
-smaller init left the networks in a worse basin (bench/README.md "Init scale at depth").
+24 of Figure 1 does). On the Figure 1 networks, 2^(−3/L) and 2^(−5/L) ended as low as 2^(−8/L)
+or lower at every depth 4–28, most at depths 20–28, where the smaller init leaves the networks
+in a worse basin (bench/README.md "Init scale at depth").
 """
 
 from __future__ import annotations
