@@ -77,7 +77,7 @@ def test_kernel_matrix_in_row_blocks_equals_the_unblocked_one(monkeypatch):
 
     x, y = np.random.default_rng(2).normal(size=(23, 4)), np.random.default_rng(3).normal(size=(9, 4))
     full = matern_matrix(x, y, 1.5, 2.0)
-    monkeypatch.setattr(mod, "_BLOCK_ROWS", 5)
+    monkeypatch.setattr(mod, "_BLOCK_ENTRIES", 5 * 9)  # blocks of 5 rows
     np.testing.assert_array_equal(matern_matrix(x, y, 1.5, 2.0), full)
     r = np.linalg.norm(x[:, None] - y[None], axis=2)
     np.testing.assert_allclose(full, HAND[1.5](r / 2.0), rtol=1e-13)

@@ -22,7 +22,7 @@ added to the kernel's diagonal; if the float64 Cholesky still fails, it is multi
 1e-4 before giving up (a DataError). The jitter used is in metadata (``jitter_g``, ``jitter_h``).
 
 Cost: two Cholesky factorizations of an n × n float64 matrix, O(n³) time (n³/3 flops each) and
-8·n² bytes of memory (the kernel is filled in row blocks and factored in place), so
+8·n² bytes of memory (the kernel is filled in blocks of 4M entries and factored in place), so
 MAX_GP_POINTS = 20000 points take 3.2 GB and, at tens of GFLOP/s, about a minute; the config
 refuses more.
 """
@@ -42,7 +42,7 @@ from bnrank.config import MAX_GP_POINTS, MAX_NU  # noqa: F401  (the config refus
 from bnrank.errors import DataError
 from bnrank.tasks.base import TaskData
 
-_BLOCK_ROWS = 2048
+_BLOCK_ENTRIES = 1 << 22  # kernel entries computed at a time (32 MB per float64 temporary)
 _MAX_JITTER = 1e-4
 
 
@@ -98,8 +98,9 @@ def matern_matrix(a: np.ndarray, b: np.ndarray, nu: float, length_scale: float, 
     n·m + a block) into `out` when given."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     out = np.empty((a.shape[0], b.shape[0])) if out is None else out
-    for start in range(0, a.shape[0], _BLOCK_ROWS):
-        rows = slice(start, start + _BLOCK_ROWS)
+    step = max(1, _BLOCK_ENTRIES // max(1, b.shape[0]))
+    for start in range(0, a.shape[0], step):
+        rows = slice(start, start + step)
         out[rows] = matern(cdist(a[rows], b), nu, length_scale)
     return out
 
