@@ -97,16 +97,78 @@ class SymmetryTask(StrictModel):
         return axis if abs(norm - 1) < 1e-12 else tuple(a / norm for a in axis)  # idempotent
 
 
+MAX_GP_POINTS = 20_000
+"""Largest n_train + n_test of an exact GP draw (MaternCompositionTask): an N × N float64 kernel
+matrix takes 8·N² bytes, 3.2 GB at N = 20000, and its Cholesky factorization O(N³) time."""
+
+MAX_NU = 50.0
+"""Largest Matérn smoothness accepted (bnrank.tasks.matern.matern_general is accurate to ≈ 1e-13
+up to here; the ν = 50 kernel is within 1 % of the Gaussian one)."""
+
+
+class MaternCompositionTask(StrictModel):
+    """Matérn composition task (bnrank.tasks.matern): y = h(g(x)), g: R^d_in → R^rank and
+    h: R^rank → R^d_out with every coordinate an exact Matérn-GP draw of smoothness nu_g, nu_h.
+
+    x ~ N(0, I) ("gaussian") or uniform on the sphere of radius √d_in ("sphere"); length scales
+    are in units of the points' typical norm (ℓ_g = length_g·√d_in, ℓ_h = length_h·√rank);
+    `jitter` is the nugget on the kernel's diagonal; y is standardized per coordinate, then
+    noise of std `noise` is added. Exact sampling costs O(N³) time and 8·N² bytes, N =
+    n_train + n_test ≤ 20000 (3.2 GB).
+    """
+
+    kind: Literal["matern-composition"] = "matern-composition"
+    d_in: int = Field(15, gt=0)
+    rank: int = Field(3, gt=0)
+    d_out: int = Field(20, gt=0)
+    nu_g: float = 2.5
+    nu_h: float = 1.5
+    length_g: PositiveFloat = 1.0
+    length_h: PositiveFloat = 1.0
+    inputs: Literal["gaussian", "sphere"] = "gaussian"
+    n_train: int = Field(500, gt=0)
+    n_test: int = Field(500, ge=0)
+    noise: NonNegativeFloat = 0.0
+    jitter: float = Field(1e-8, gt=0, le=1e-4)
+    seed: int = 0
+
+    @field_validator("nu_g", "nu_h")
+    @classmethod
+    def _smoothness(cls, nu: float, info) -> float:
+        if not (math.isfinite(nu) and 0 < nu <= MAX_NU):
+            raise ValueError(f"Matérn smoothness {info.field_name} must be > 0 and <= {MAX_NU:g}, got {nu}")
+        return nu
+
+    @model_validator(mode="after")
+    def _check(self) -> "MaternCompositionTask":
+        if self.rank > self.d_in:
+            raise ValueError(f"rank (k = {self.rank}) must be <= d_in ({self.d_in})")
+        n = self.n_train + self.n_test
+        if n > MAX_GP_POINTS:
+            raise ValueError(
+                f"n_train + n_test = {n} exceeds {MAX_GP_POINTS}, the most points an exact GP draw takes "
+                f"(an N x N float64 kernel: 8·N² bytes = {8 * MAX_GP_POINTS**2 / 1e9:.1f} GB at N = {MAX_GP_POINTS}, O(N³) time)"
+            )
+        return self
+
+
 def _task_kind(value: Any) -> Any:
     """The task's `kind`; a mapping without one is a composition task (the default kind)."""
     return value.get("kind", "composition") if isinstance(value, dict) else getattr(value, "kind", None)
 
 
 TaskConfig = Annotated[
-    Union[Annotated[CompositionTask, Tag("composition")], Annotated[SymmetryTask, Tag("symmetry")]],
-    Discriminator(_task_kind, custom_error_type="task_kind", custom_error_message="kind must be 'composition' or 'symmetry'"),
+    Union[
+        Annotated[CompositionTask, Tag("composition")],
+        Annotated[SymmetryTask, Tag("symmetry")],
+        Annotated[MaternCompositionTask, Tag("matern-composition")],
+    ],
+    Discriminator(
+        _task_kind, custom_error_type="task_kind",
+        custom_error_message="kind must be 'composition', 'symmetry' or 'matern-composition'",
+    ),
 ]
-_TASK_KINDS = {"composition", "symmetry"}
+_TASK_KINDS = {"composition", "symmetry", "matern-composition"}
 
 
 class ModelConfig(StrictModel):
