@@ -23,7 +23,7 @@ from conftest import tiny_config
 RUNS_COLUMNS = [
     "cell_id", "group_id", "member", "model.depth", "train.lam", "seed", "depth", "width", "lam", "init_scale", "lr",
     "task", "task_seed", "n_train", "d_in", "d_out", "true_rank", "objective", "mse", "test_mse", "param_norm_sq",
-    "grad_norm", "balance_error", "diverged", "diverged_step", "converged", "mid_rank", "steps", "train_time_s",
+    "grad_norm", "balance_error", "diverged", "diverged_step", "converged", "stopped_step", "mid_rank", "steps", "train_time_s",
     "threads", "wall_time_s",
 ]
 TIMING = ["train_time_s", "wall_time_s", "threads"]

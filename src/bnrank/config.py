@@ -171,16 +171,43 @@ TaskConfig = Annotated[
 _TASK_KINDS = {"composition", "symmetry", "matern-composition"}
 
 
-class ModelConfig(StrictModel):
-    """Fully connected ReLU net: `depth` weight matrices, hidden width `width`.
+class MlpConfig(StrictModel):
+    """Fully connected net (model.kind "mlp"): `depth` weight matrices, hidden width `width`,
+    activation ReLU or the identity ("linear": a deep linear network), biases or none.
 
-    Init: W_ℓ ~ N(0, init_scale² · gain / fan_in) with gain 1 for ℓ = 1 (no ReLU on the input)
-    and 2 afterwards (He); biases zero.
+    Init: W_ℓ ~ N(0, init_scale² · gain / fan_in) with gain 1 for ℓ = 1 (no activation on the
+    input), afterwards 2 for ReLU (He) and 1 for linear nets; biases zero.
     """
 
+    kind: Literal["mlp"] = "mlp"
     depth: int = Field(8, gt=0)
     width: int = Field(100, gt=0)
     init_scale: PerMember = 1.0
+    activation: Literal["relu", "linear"] = "relu"
+    bias: bool = True
+
+
+MODEL_CONFIGS: dict[str, type[StrictModel]] = {"mlp": MlpConfig}
+"""Config class of every model family, by `model.kind` (the families: bnrank.models.registry)."""
+
+
+def _model_kind(value: Any) -> Any:
+    """The model's `kind`; a mapping without one is an MLP (the default kind)."""
+    return value.get("kind", "mlp") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+def _kinds_text(kinds) -> str:
+    quoted = [f"'{k}'" for k in kinds]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+ModelConfig = Annotated[
+    Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in MODEL_CONFIGS.items())],  # type: ignore[valid-type]
+    Discriminator(
+        _model_kind, custom_error_type="model_kind",
+        custom_error_message=f"kind must be {_kinds_text(MODEL_CONFIGS)} (the model families bnrank knows)",
+    ),
+]
 
 
 class Phase(StrictModel):
@@ -265,7 +292,7 @@ class RunConfig(StrictModel):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
     task: TaskConfig = Field(default_factory=CompositionTask)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=MlpConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
@@ -296,7 +323,7 @@ _UNION_TAGS = {"list", "float", "int", "str", "dict", "tuple", "bool", "none"}
 
 def _field_path(loc: tuple) -> str:
     """Dotted path of a pydantic error location, without union-branch and validator tags."""
-    tags = _UNION_TAGS | _TASK_KINDS  # pydantic puts the discriminated task's kind in the path
+    tags = _UNION_TAGS | _TASK_KINDS | set(MODEL_CONFIGS)  # pydantic puts a discriminated union's kind in the path
     keep = [str(p) for p in loc if isinstance(p, int) or (p not in tags and "-" not in p and "[" not in p)]
     return ".".join(keep)
 
@@ -389,6 +416,34 @@ def load_run_config(path: str | Path | None = None, assignments: list[str] = ())
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return validate(RunConfig, override(data or {}, list(assignments)), source=str(path or "config"))
+
+
+NEUTRAL_DEFAULTS: dict[str, Any] = {"model.kind": "mlp", "model.activation": "relu", "model.bias": True}
+"""Config fields whose value here gives exactly the network a config without the field gives:
+content hashes leave them out at that value (`canonical_dump`), so a config written before the
+field existed keeps its sweep cell id. Keys are dotted paths; ``*`` matches every list item."""
+
+
+def canonical_dump(data: dict) -> dict:
+    """A copy of a config dump without the NEUTRAL_DEFAULTS fields that hold their neutral value."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for path, neutral in NEUTRAL_DEFAULTS.items():
+        _drop_neutral(out, path.split("."), neutral)
+    return out
+
+
+def _drop_neutral(node: Any, parts: list[str], neutral: Any) -> None:
+    head, rest = parts[0], parts[1:]
+    if head == "*":
+        for item in node if isinstance(node, list) else []:
+            _drop_neutral(item, rest, neutral)
+    elif isinstance(node, dict) and head in node:
+        if rest:
+            _drop_neutral(node[head], rest, neutral)
+        elif node[head] == neutral:
+            del node[head]
 
 
 def dump_config(cfg: BaseModel) -> str:

@@ -29,12 +29,9 @@ from bnrank.atomic import staged_dir
 from bnrank.checkpoint import load_checkpoint, save_checkpoint
 from bnrank.config import RunConfig, dump_config, load_run_config, override, per_member, read_yaml, validate
 from bnrank.errors import ConfigError, StoreError
-from bnrank.models import EnsembleMLP
-from bnrank.tasks import TaskData, make_task
-from bnrank.train import fit
-from bnrank.train.objective import mse
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from bnrank.models import EnsembleModel
+from bnrank.pipeline import DTYPES, TrainedEnsemble, train_ensemble
+from bnrank.tasks import TaskData
 
 
 @dataclass
@@ -42,7 +39,7 @@ class Run:
     """A trained ensemble with its config, task, metrics and summary (`path` None if not saved)."""
 
     config: RunConfig
-    model: EnsembleMLP
+    model: EnsembleModel
     task: TaskData
     metrics: pd.DataFrame
     summary: dict[str, Any]
@@ -95,40 +92,22 @@ def train(
         raise StoreError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     torch.manual_seed(cfg.seed)
-    task = make_task(cfg.task)
-    dims = [task.d_in] + [cfg.model.width] * (cfg.model.depth - 1) + [task.d_out]
-    model = EnsembleMLP.init(
-        cfg.members, dims, seeds=cfg.member_seeds(), init_scale=per_member(cfg.model.init_scale, cfg.members),
-        dtype=dtype, device=device,
+    trained = train_ensemble(
+        cfg.model, cfg.train, [cfg.task] * cfg.members, cfg.member_seeds(), per_member(cfg.model.init_scale, cfg.members),
+        per_member(cfg.train.lam, cfg.members), device, dtype, seed=cfg.seed, progress=progress,
     )
-    result = fit(model, task.x_train, task.y_train, cfg.train, seed=cfg.seed, progress=progress)
-    summary = _summary(cfg, model, task, result, device)
-    run = Run(cfg, model, task, result.metrics, summary, None)
+    run = Run(cfg, trained.model, trained.tasks[0], trained.result.metrics, _summary(cfg, trained, device), None)
     if out is not None:
         save_run(run, out, overwrite=overwrite)
     return run
 
 
-def _summary(cfg: RunConfig, model: EnsembleMLP, task: TaskData, result, device) -> dict:
-    last = result.metrics[result.metrics.step == result.metrics.step.max()].sort_values("member")
-    with torch.no_grad():
-        dt = model.weights[0].dtype
-        test = mse(model(task.x_test.to(device, dt)), task.y_test.to(device, dt), cfg.train.mse_reduction).cpu().tolist() if task.x_test.shape[0] else [float("nan")] * model.members
-    lams = per_member(cfg.train.lam, cfg.members)
-    scales = per_member(cfg.model.init_scale, cfg.members)
-    members = []
-    for e, row in enumerate(last.itertuples()):
-        members.append({
-            "member": e, "seed": cfg.member_seeds()[e], "lam": lams[e], "init_scale": scales[e],
-            "objective": row.objective, "mse": row.mse, "test_mse": test[e], "param_norm_sq": row.param_norm_sq,
-            "grad_norm": row.grad_norm, "balance_error": row.balance_error,
-            "diverged": result.diverged[e], "diverged_step": result.diverged_step[e], "converged": result.converged[e],
-            "stopped_step": result.stopped_step[e],
-        })
+def _summary(cfg: RunConfig, trained: TrainedEnsemble, device) -> dict:
+    result = trained.result
     return {
-        "members": members, "steps": result.steps, "stopped_early": result.stopped_early,
+        "members": trained.member_rows(), "steps": result.steps, "stopped_early": result.stopped_early,
         "wall_time_s": result.wall_time, "device": str(device), "dtype": cfg.dtype,
-        "threads": torch.get_num_threads(), "task": task.metadata, "versions": versions(),
+        "threads": torch.get_num_threads(), "task": trained.tasks[0].metadata, "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

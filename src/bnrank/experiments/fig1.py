@@ -77,7 +77,7 @@ from bnrank.experiments import resolve_preset
 from bnrank.measure.theory import fit_depth_expansion
 from bnrank.plots.fig1 import plot_norm_vs_depth, plot_trial_spectra, rank_colors
 from bnrank.sweep import SweepResult, run_sweep
-from bnrank.sweep.work import RANK_THRESHOLD
+from bnrank.pipeline import RANK_THRESHOLD
 from bnrank.train.recipe import default_init_scale, default_phase_steps, default_train_config
 
 TRUE_RANK = 2

@@ -1,7 +1,7 @@
-"""Input Jacobians of ReLU networks, batched over members and inputs (theory.md §2).
+"""Input Jacobians of MLPs, batched over members and inputs (theory.md §2).
 
 For a ReLU net, Jf(x) = W_L D_{L-1}(x) W_{L-1} ⋯ D_1(x) W_1 with D_ℓ(x) = diag(α_ℓ(x) > 0)
-(σ'(0) = 0, as torch's autograd). It is computed backwards, G_L = I and
+(σ'(0) = 0, as torch's autograd); for a linear net every D_ℓ = I. It is computed backwards, G_L = I and
 G_{ℓ-1} = G_ℓ W_ℓ D_{ℓ-1}, where G_ℓ(x) = ∂f(x)/∂α_ℓ (d_out × d_ℓ): one batched matmul per layer
 for all members and inputs at once, and Jf = G_1 W_1.
 """
@@ -23,7 +23,7 @@ class InputJacobians:
     grad_sq: Tensor
 
 
-def input_jacobians(weights: Sequence[Tensor], preacts: Sequence[Tensor]) -> InputJacobians:
+def input_jacobians(weights: Sequence[Tensor], preacts: Sequence[Tensor], activation: str = "relu") -> InputJacobians:
     """Jacobians of f at the N inputs whose pre-activations `preacts` ([α_1..α_L], each (E, N, d_ℓ)) are given.
 
     weights[ℓ-1]: (E, d_ℓ, d_{ℓ-1}). Cost: N·d_out·Σ_ℓ d_ℓ·d_{ℓ-1} multiply-adds per member;
@@ -36,12 +36,14 @@ def input_jacobians(weights: Sequence[Tensor], preacts: Sequence[Tensor]) -> Inp
     grad_sq[:, :, depth - 1] = d_out  # ∂f/∂α_L = I
     if depth == 1:
         return InputJacobians(weights[0][:, None].expand(E, N, *weights[0].shape[1:]), grad_sq)
-    g = weights[-1][:, None] * (preacts[-2] > 0)[:, :, None, :]  # G_{L-1}: (E, N, d_out, d_{L-1})
+    relu = activation == "relu"
+    # G_{L-1}: (E, N, d_out, d_{L-1})
+    g = weights[-1][:, None] * (preacts[-2] > 0)[:, :, None, :] if relu else weights[-1][:, None].expand(E, N, *weights[-1].shape[1:])
     for layer in range(depth - 1, 0, -1):  # g = G_layer (1-based layer index)
         grad_sq[:, :, layer - 1] = torch.linalg.vector_norm(g, dim=(2, 3)).square()
         w = weights[layer - 1]
         g = torch.bmm(g.reshape(E, N * d_out, -1), w).view(E, N, d_out, w.shape[2])
-        if layer > 1:
+        if relu and layer > 1:
             g.mul_((preacts[layer - 2] > 0)[:, :, None, :])
     return InputJacobians(g, grad_sq)
 

@@ -1,5 +1,13 @@
-"""Ensembles of fully connected ReLU networks with stacked parameters."""
+"""Model families: ensembles of networks with stacked parameters, behind one seam.
+
+    EnsembleModel            the protocol every family implements (bnrank.models.family)
+    EnsembleMLP              model.kind "mlp": fully connected ReLU or linear nets
+    FAMILIES, build_model    the registry by model.kind
+"""
 
 from bnrank.models.ensemble import EnsembleMLP
+from bnrank.models.family import HOMOGENEOUS, LAYERED_PRODUCT, EnsembleModel, LayerKey, Site
+from bnrank.models.registry import FAMILIES, build_model, family
 
-__all__ = ["EnsembleMLP"]
+__all__ = ["EnsembleMLP", "EnsembleModel", "HOMOGENEOUS", "LAYERED_PRODUCT", "LayerKey", "Site", "FAMILIES",
+           "build_model", "family"]

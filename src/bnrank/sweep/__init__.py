@@ -15,8 +15,8 @@ its group's ensemble):
 runs      one row per network: every grid key (dotted column names), seed, depth, width, lam,
           init_scale, lr (phase 0), task, task_seed, n_train, d_in, d_out, true_rank; the final
           objective, mse, test_mse (nan without a test set), param_norm_sq (‖θ‖²), grad_norm,
-          balance_error; diverged, diverged_step, converged; mid_rank (# singular values of
-          W_{⌈L/2⌉} above 0.1); steps; train_time_s (the group's `fit`), wall_time_s (the group's
+          balance_error; diverged, diverged_step, converged, stopped_step; mid_rank (# singular
+          values of the family's middle operator, W_{⌈L/2⌉} of an MLP, above 0.1); steps; train_time_s (the group's `fit`), wall_time_s (the group's
           task building, training and analysis) and threads: the times are the group's, shared
           by all its members.
 metrics   one row per logged step and network (bnrank.train.METRIC_COLUMNS).

@@ -24,8 +24,10 @@ A **cell** is one network: the base with one case, one grid combination and one 
 a single-member RunConfig. Its ``cell_id`` is a hash of that resolved config (every default
 written out), so a sweep directory is resumed by content: the same config always has the same
 id, whatever the grid order or the spec's other cells. Because defaults are part of the hash, a
-bnrank upgrade that adds a config field or changes a default gives new ids; the store refuses to
-resume such a directory (its saved resolved spec differs) rather than mix old and new cells.
+bnrank upgrade that changes a default gives new ids, and the store refuses to resume such a
+directory (its saved resolved spec differs) rather than mix old and new cells. A new field whose
+default gives the network a config without it gives (bnrank.config.NEUTRAL_DEFAULTS) is left
+out of the hash at that default, so such an option keeps the ids of existing sweeps.
 
 Grid keys are applied to the resolved base (all defaults present), so list items can be
 addressed (``train.phases.1.lr``) and a misspelled key fails at once with one line naming it.
@@ -46,7 +48,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from bnrank.config import RunConfig, StrictModel, parse_assignment, read_yaml, validate
+from bnrank.config import RunConfig, StrictModel, canonical_dump, parse_assignment, read_yaml, validate
 from bnrank.errors import ConfigError
 
 #: Keys a cell sets itself (from the spec's seeds or trials); they are not grid keys.
@@ -96,7 +98,9 @@ class SweepSpec(StrictModel):
     def identity(self) -> dict[str, Any]:
         """What determines the sweep's results: the spec without `max_members`, which only
         changes how cells are batched, not what each computes (unless `batch_coupled`)."""
-        return self.model_dump(mode="json", exclude=set() if self.batch_coupled else {"max_members"})
+        data = self.model_dump(mode="json", exclude=set() if self.batch_coupled else {"max_members"})
+        data["base"] = canonical_dump(data["base"])
+        return data
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ class Cell:
 
 def cell_id(config: RunConfig) -> str:
     """12 hex digits of the SHA-256 of the resolved config as canonical JSON."""
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(canonical_dump(config.model_dump(mode="json")), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

@@ -35,6 +35,7 @@ import yaml
 
 from bnrank.atomic import staged_dir, write_json, write_parquet, write_text
 from bnrank.checkpoint import save_checkpoint
+from bnrank.config import canonical_dump
 from bnrank.errors import StoreError
 from bnrank.sweep.spec import SweepSpec
 from bnrank.sweep.work import ANALYZE_TABLES, BASE_TABLES, GroupResult
@@ -113,6 +114,8 @@ class SweepStore:
             raise StoreError(f"{self.spec_path}: not a sweep spec")
         new = spec.identity()
         old = {k: v for k, v in stored.items() if k in new or k not in SweepSpec.model_fields}
+        if isinstance(old.get("base"), dict):
+            old["base"] = canonical_dump(old["base"])
         diff = first_difference(old, new)
         if diff is not None:
             raise StoreError(f"{self.root} holds a different sweep (spec differs at {diff}); use another --out")

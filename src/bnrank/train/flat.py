@@ -7,7 +7,7 @@ model becomes a view of one contiguous block of it (W_1..W_L, then b_1..b_L, the
 ``model.parameters()``; each block is the whole (E, ...) tensor, so every parameter keeps
 exactly the memory layout it had and a member's arithmetic does not depend on its ensemble).
 ``grad`` has the same layout and its views ``grads`` receive the backward pass
-(`bnrank.train.backprop.objective_and_grads(..., flat=...)`); ``member`` gives the member of
+(the family's ``objective_and_grads(..., flat=...)``); ``member`` gives the member of
 every element, so per-member values (a learning rate, an active mask) spread over the buffer
 with one gather (`per_element`, cached: a whole-buffer gather costs several elementwise passes).
 
@@ -20,13 +20,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bnrank.models import EnsembleMLP
-
 
 class FlatParameters:
     """`model`'s parameters as views of one buffer `data` (E·P,); `grad` likewise with views `grads`."""
 
-    def __init__(self, model: EnsembleMLP):
+    def __init__(self, model):
         self.params = list(model.parameters())
         ref, members = self.params[0], model.members
         sizes = [p.numel() for p in self.params]

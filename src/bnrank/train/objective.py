@@ -14,7 +14,6 @@ from __future__ import annotations
 from torch import Tensor
 
 from bnrank.config import MseReduction
-from bnrank.models import EnsembleMLP
 
 
 def mse_scale(reduction: MseReduction, d_out: int) -> float:
@@ -32,7 +31,7 @@ def mse(pred: Tensor, y: Tensor, reduction: MseReduction = "sum") -> Tensor:
 
 
 def objective(
-    model: EnsembleMLP, x: Tensor, y: Tensor, lam: Tensor, reduction: MseReduction = "sum"
+    model, x: Tensor, y: Tensor, lam: Tensor, reduction: MseReduction = "sum"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(objective, mse, ‖θ‖²), each (E,); `lam` is (E,) or a scalar."""
     err = mse(model(x), y, reduction)

@@ -1,7 +1,7 @@
 """`fit`: train an ensemble on the regularized objective, in phases, with diagnostics.
 
-The hot loop does one batched forward/backward for all members (hand-written backprop,
-`bnrank.train.backprop`), on a GPU replayed as a CUDA graph (`bnrank.train.step`), and never
+The hot loop does one batched forward/backward for all members (the family's
+`objective_and_grads`: hand-written backprop for the MLP, `bnrank.train.backprop`), on a GPU replayed as a CUDA graph (`bnrank.train.step`), and never
 synchronizes on a member's value: a member whose objective turns non-finite is masked out
 on-device (its parameters stay as they were at that step) while the others go on unchanged.
 Diagnostics are computed every `log_every` steps at the current parameters on the full training
@@ -23,11 +23,10 @@ from torch import Tensor
 
 from bnrank.config import StopRule, TrainConfig, per_member
 from bnrank.errors import DataError
-from bnrank.models import EnsembleMLP
-from bnrank.train.backprop import Workspace, objective_and_grads
+from bnrank.models import HOMOGENEOUS, EnsembleModel
+from bnrank.train.backprop import Workspace
 from bnrank.train.flat import FlatParameters
 from bnrank.train.optim import make_optimizer
-from bnrank.train.rebalance import balance_error, rebalance_
 from bnrank.train.schedules import lam_factor, lr_factor, resolve_phase
 from bnrank.train.step import GraphedStep
 
@@ -63,16 +62,17 @@ def _progress(enabled: bool) -> Progress:
 
 
 def _converged(history: list[tuple[int, Tensor]], now: Tensor, balance: Tensor, step: int, rule: StopRule) -> Tensor:
-    """(E,) bool: relative objective change over `rule.window` steps and balance within tolerance."""
+    """(E,) bool: relative objective change over `rule.window` steps and balance within tolerance
+    (a NaN balance, of a family without one, is no condition)."""
     past = [obj for s, obj in history if s <= step - rule.window]
     if step < rule.min_steps or not past:
         return torch.zeros_like(now, dtype=torch.bool)
     rel = (now - past[-1]).abs() / now.abs().clamp_min(1e-30)
-    return (rel < rule.rel_tol) & (balance < rule.balance_tol)
+    return (rel < rule.rel_tol) & ((balance < rule.balance_tol) | balance.isnan())
 
 
 def fit(
-    model: EnsembleMLP,
+    model: EnsembleModel,
     x: Tensor,
     y: Tensor,
     config: TrainConfig,
@@ -84,14 +84,18 @@ def fit(
 
     x: (N, d_in) shared by the members or (E, N, d_in); y likewise with d_out. `lam` overrides
     config.lam (one value per member). `seed` drives minibatch sampling. `progress=None` shows
-    a bar only when stderr is a terminal.
+    a bar only when stderr is a terminal. The balance error is logged (NaN otherwise) and
+    re-balancing offered only for a HOMOGENEOUS family.
     """
-    E, ref = model.members, model.weights[0]
+    E, ref = model.members, model.reference
+    if config.rebalance_every:
+        model.require(HOMOGENEOUS, "train.rebalance_every")
     x = x.to(dtype=ref.dtype, device=ref.device)
     y = y.to(dtype=ref.dtype, device=ref.device)
     n = x.shape[-2]
-    if y.shape[-2] != n or y.shape[-1] != model.dims[-1]:
-        raise DataError(f"targets of shape {tuple(y.shape)} do not fit inputs with N = {n} and d_out = {model.dims[-1]}")
+    model.check_input(x)
+    if y.shape[-2] != n or y.shape[-1] != model.d_out:
+        raise DataError(f"targets of shape {tuple(y.shape)} do not fit inputs with N = {n} and d_out = {model.d_out}")
     for name, t in (("x", x), ("y", y)):
         if not torch.isfinite(t).all():
             raise DataError(f"training {name} contains NaN or inf")
@@ -113,9 +117,9 @@ def fit(
     def log(phase_idx: int, lr: Tensor, lam_t: Tensor) -> Tensor:
         """Record diagnostics at the current parameters, freeze members that meet the stop rule;
         returns the objective (E,) on the CPU in float64."""
-        obj, err, norm, _ = objective_and_grads(model, x, y, lam_t, workspace, config.mse_reduction, flat)
+        obj, err, norm, _ = model.objective_and_grads(x, y, lam_t, workspace, config.mse_reduction, flat)
         gnorm = sum(g.square().flatten(1).sum(1) for g in flat.grads).sqrt()
-        bal = balance_error(model)
+        bal = model.balance_error() if model.has(HOMOGENEOUS) else torch.full_like(obj, float("nan"))
         now = obj.double().cpu()
         history.append((step, now))
         if config.stop is not None:
@@ -137,7 +141,7 @@ def fit(
 
     def train_step(opt, lr_elem: Tensor, xb: Tensor, yb: Tensor) -> None:
         """One step of every member still training; device work only (a CUDA graph replays it)."""
-        obj, _, _, _ = objective_and_grads(model, xb, yb, lam_t, workspace, config.mse_reduction, flat)
+        obj, _, _, _ = model.objective_and_grads(xb, yb, lam_t, workspace, config.mse_reduction, flat)
         finite = torch.isfinite(obj)
         diverged_at.copy_(torch.where(alive & ~done & ~finite, step_no, diverged_at))
         alive.logical_and_(finite | done)
@@ -171,7 +175,7 @@ def fit(
                 run_step()
                 step += 1
                 if config.rebalance_every and step % config.rebalance_every == 0:
-                    rebalance_(model, active=alive & ~done)
+                    model.rebalance_(active=alive & ~done)
                 if step % config.log_every == 0 or t == phase.steps - 1:
                     now = log(phase_idx, lr_base * lr_factor(phase, t), lam_t)
                     training = (alive & ~done).cpu()
