@@ -16,14 +16,14 @@ from torch import Tensor, nn
 
 from bnrank.atomic import write_parquet
 from bnrank.errors import ConfigError, DataError, ModelError, StoreError
-from bnrank.measure.activations import layer_inputs, nonlinearity_impact, post_activations, relative_rank, spectra
+from bnrank.config import MseReduction
+from bnrank.measure.activations import nonlinearity_impact, relative_rank, spectra
 from bnrank.measure.curvature import hessian_top, ntk_top, ntk_trace
 from bnrank.measure.jacobian import default_rtol, input_jacobians, jacobian_rank, jacobian_spectra, log_pdet, schatten
 from bnrank.measure.weights import count_above, count_near_one, layer_budget, weight_spectra
-from bnrank.models import EnsembleMLP
-from bnrank.config import MseReduction
+from bnrank.models import HOMOGENEOUS, LAYERED_PRODUCT, EnsembleMLP, EnsembleModel
+from bnrank.models.functional import ntk_trace as functional_ntk_trace
 from bnrank.train.objective import mse_scale
-from bnrank.train.rebalance import layer_balance_errors
 
 MEASURE_DTYPE = torch.float64
 
@@ -61,7 +61,13 @@ def analyze(
 ) -> Analysis:
     """Measure weights, representations, input Jacobians and curvature of every member.
 
-    model: an EnsembleMLP; a ``torch.nn.Sequential`` of Linear/ReLU; a run directory (X
+    Rows of ``layers`` are the family's layer keys (bnrank.models.LayerKey): the `operator` whose
+    spectrum is taken and the representation `site` after it; quantities that need a
+    capability the family lacks (HOMOGENEOUS: balance_error, budget, schatten and the budget
+    bounds) are NaN, and `curvature` needs LAYERED_PRODUCT.
+
+    model: an ensemble of any model family (an EnsembleModel, e.g. EnsembleMLP); a
+    ``torch.nn.Sequential`` of Linear/ReLU; a run directory (X
     defaults to its x_train, and then Y to its y_train; λ to its config's train.lam); or a
     checkpoint file.
     X: inputs (N, d_in), a tensor or array. Y: targets (N, d_out), needed for the Hessian.
@@ -80,8 +86,10 @@ def analyze(
     Everything is computed in float64 on a copy of the parameters, on `device`; the
     SVDs of small matrices run on one CPU thread, the batched products on torch's thread count.
 
-    ``layers``, one row per (member, layer ℓ = 1..L):
-        member, layer, fan_in, fan_out; frob_sq = ‖W_ℓ‖_F²; bias_sq = ‖b_ℓ‖²;
+    ``layers``, one row per (member, layer key; for an MLP layer ℓ = 1..L):
+        member, layer; operator (the weight operator's name, "weight.ℓ" for an MLP) and site
+        (the representation's, "alpha.ℓ"); fan_in, fan_out; frob_sq = ‖W_ℓ‖_F²; bias_sq = ‖b_ℓ‖²
+        (0 without biases);
         singular_values: all singular values of W_ℓ (float64 array, descending);
         rank: # singular values > threshold; near_one: # with |s − 1| < 0.25;
         act_singular_values: singular values of σ(α_ℓ(X)) (N × d_ℓ, uncentered; for ℓ = L the
@@ -108,62 +116,90 @@ def analyze(
         lam, mse, objective = mse + λ‖θ‖² (NaN without Y).
     """
     net, x, y, lams, reduction = _resolve(model, X, Y, lam, mse_reduction, device)
-    scale = mse_scale(reduction, net.dims[-1])
+    if curvature:
+        net.require(LAYERED_PRODUCT, "analyze's curvature (ntk_top, hessian_top)")
+    homogeneous, layered = net.has(HOMOGENEOUS), net.has(LAYERED_PRODUCT)
+    scale = mse_scale(reduction, net.d_out)
     clock = _Clock()
-    W, B = [w.detach() for w in net.weights], [b.detach() for b in net.biases]
+    keys = net.layer_keys()
+    tensors = {k: v.detach() for k, v in net.tensors().items()}
+    ops = {k: v.detach() for k, v in net.operators().items()}
     E, L, N = net.members, net.depth, x.shape[0]
     with torch.no_grad():
-        preacts = net.preactivations(x)
-        inputs = layer_inputs(x, preacts)
+        sites = {site.name: site for site in net.sites(x)}
         clock.lap("forward")
 
         with _one_thread():
-            wspec = weight_spectra(W)
+            spectra_by_op = dict(zip(ops, weight_spectra(list(ops.values()))))
+        wspec = [spectra_by_op[k.operator] for k in keys]
         clock.lap("weights")
 
+        rows = [sites[k.site] for k in keys]
         with _one_thread():
-            aspec = spectra(post_activations(preacts))
-            pspec = spectra(preacts)
+            aspec = spectra([site.post for site in rows])
+            pspec = spectra([site.pre for site in rows])
         act_rank = torch.stack([relative_rank(s, threshold) for s in aspec], 1)
         preact_rank = torch.stack([relative_rank(s, threshold) for s in pspec], 1)
-        impact = nonlinearity_impact(preacts)
+        impact = nonlinearity_impact(rows)
         clock.lap("activations")
 
-        jac = input_jacobians(W, preacts)
+        nan = x.new_full((E,), float("nan"))
+        if layered:
+            preacts = [site.pre for site in sites.values()]
+            jac = input_jacobians(list(ops.values()), preacts, net.activation)
+            jac_mats = jac.jac
+        else:
+            jac_mats = net.input_jacobians(x)
         with _one_thread():
-            jspec = jacobian_spectra(jac.jac)
-        rtol = default_rtol(net.dims[0], net.dims[-1], MEASURE_DTYPE) if jac_rtol is None else jac_rtol
+            jspec = jacobian_spectra(jac_mats)
+        rtol = default_rtol(net.d_in, net.d_out, MEASURE_DTYPE) if jac_rtol is None else jac_rtol
         jrank = jacobian_rank(jspec, rtol)
         lpd = log_pdet(jspec, jrank)
-        sch = schatten(jspec, jrank, L)
+        sch = schatten(jspec, jrank, L) if homogeneous else jspec.new_full(jrank.shape, float("nan"))
         clock.lap("jacobian")
 
-        trace = ntk_trace(inputs, jac.grad_sq)
+        if layered:
+            inputs = [x.expand(E, *x.shape)] + [site.post for site in list(sites.values())[:-1]]
+            trace = ntk_trace(inputs, jac.grad_sq, net.has_bias)
+        else:
+            trace = functional_ntk_trace(net, x)
         clock.lap("ntk_trace")
 
-        nan = x.new_full((E,), float("nan"))
-        top_ntk = ntk_top(W, inputs, preacts) if curvature else nan
+        relu = layered and net.activation == "relu"
+        weights = list(ops.values())
+        top_ntk = ntk_top(weights, inputs, preacts, relu, net.has_bias) if curvature else nan
         clock.lap("ntk_top")
-        top_hess = hessian_top(W, inputs, preacts, y, lams, scale) if curvature and y is not None else nan
+        top_hess = hessian_top(weights, inputs, preacts, y, lams, scale, relu, net.has_bias) if curvature and y is not None else nan
         clock.lap("hessian_top")
 
         k = jrank.max(1).values
         candidates = torch.where(jrank == k[:, None], 2 * lpd, float("-inf"))
         r1, point = candidates.max(1)
-        budget = torch.stack([layer_budget(s, k) for s in wspec], 1)  # (E, L)
         norm_sq = net.param_norm_sq()
-        balance = torch.cat([layer_balance_errors(net), nan[:, None]], 1)
-        sq_error = (preacts[-1] - y).square().sum(-1) if y is not None else x.new_full((E, N), float("nan"))
+        if homogeneous:
+            budget = torch.stack([layer_budget(s, k) for s in wspec], 1)  # (E, L)
+            balance = torch.cat([net.layer_balance_errors(), nan[:, None]], 1)
+            budget_lhs, budget_rhs, schatten_max = budget.sum(1), norm_sq - k * L - r1, sch.max(1).values
+        else:
+            budget = balance = x.new_full((E, len(keys)), float("nan"))
+            budget_lhs = budget_rhs = schatten_max = nan
+        out = list(sites.values())[-1].pre
+        sq_error = (out - y).square().sum(-1) if y is not None else x.new_full((E, N), float("nan"))
         mse = sq_error.mean(1) * scale
         lam_t = torch.tensor(lams, dtype=MEASURE_DTYPE, device=x.device)
+        zero = x.new_zeros(E)
+        bias_sq = [tensors[key.bias].square().flatten(1).sum(1) if key.bias else zero for key in keys]
 
+        n_rows = len(keys)
         layers = pd.DataFrame({
-            "member": np.repeat(np.arange(E), L),
-            "layer": np.tile(np.arange(1, L + 1), E),
-            "fan_in": np.tile(net.dims[:-1], E),
-            "fan_out": np.tile(net.dims[1:], E),
-            "frob_sq": _np(torch.stack([w.square().sum((1, 2)) for w in W], 1)).ravel(),
-            "bias_sq": _np(torch.stack([b.square().sum(1) for b in B], 1)).ravel(),
+            "member": np.repeat(np.arange(E), n_rows),
+            "layer": np.tile([key.layer for key in keys], E),
+            "operator": np.tile([key.operator for key in keys], E),
+            "site": np.tile([key.site for key in keys], E),
+            "fan_in": np.tile([ops[key.operator].shape[2] for key in keys], E),
+            "fan_out": np.tile([ops[key.operator].shape[1] for key in keys], E),
+            "frob_sq": _np(torch.stack([ops[key.operator].square().sum((1, 2)) for key in keys], 1)).ravel(),
+            "bias_sq": _np(torch.stack(bias_sq, 1)).ravel(),
             "singular_values": _arrays(wspec),
             "rank": _np(torch.stack([count_above(s, threshold) for s in wspec], 1)).ravel(),
             "near_one": _np(torch.stack([count_near_one(s) for s in wspec], 1)).ravel(),
@@ -191,9 +227,9 @@ def analyze(
             "jac_rank": _np(k),
             "budget_point": _np(point),
             "r1_lower_bound": _np(r1),
-            "budget_lhs": _np(budget.sum(1)),
-            "budget_rhs": _np(norm_sq - k * L - r1),
-            "schatten_max": _np(sch.max(1).values),
+            "budget_lhs": _np(budget_lhs),
+            "budget_rhs": _np(budget_rhs),
+            "schatten_max": _np(schatten_max),
             "ntk_top": _np(top_ntk),
             "hessian_top": _np(top_hess),
             "lam": _np(lam_t),
@@ -240,27 +276,27 @@ def _arrays(per_layer: Sequence[Tensor]) -> list[np.ndarray]:
 # -- input resolution -------------------------------------------------------------------------------
 
 
-def _resolve(model, X, Y, lam, reduction, device) -> tuple[EnsembleMLP, Tensor, Tensor | None, list[float], str]:
+def _resolve(model, X, Y, lam, reduction, device) -> tuple[EnsembleModel, Tensor, Tensor | None, list[float], str]:
     """(float64 copy of the ensemble on `device` (None: its own), x, y or None, λ per member,
     mse reduction)."""
     run_lam = run_reduction = None
     if isinstance(model, (str, Path)):
         model, X, Y, run_lam, run_reduction = _load(Path(model), X, Y)
-    if isinstance(model, EnsembleMLP):
-        to = dict(dtype=MEASURE_DTYPE, device=device)
-        net = EnsembleMLP([w.detach().to(**to) for w in model.weights], [b.detach().to(**to) for b in model.biases])
+    if isinstance(model, EnsembleModel):
+        to = dict(dtype=MEASURE_DTYPE, device=device or model.reference.device)
+        net = type(model).from_tensors({k: v.detach().to(**to) for k, v in model.tensors().items()}, model.metadata())
     elif isinstance(model, nn.Module):
         net = EnsembleMLP.from_sequential(model, dtype=MEASURE_DTYPE).to(device)
     else:
         raise ModelError(
-            f"cannot analyze a {type(model).__name__}: pass an EnsembleMLP, a torch.nn.Sequential of "
-            "Linear and ReLU, or the path of a run directory or checkpoint"
+            f"cannot analyze a {type(model).__name__}: pass an ensemble of a bnrank model family, a torch.nn.Sequential "
+            "of Linear and ReLU, or the path of a run directory or checkpoint"
         )
-    device = net.weights[0].device
+    device = net.reference.device
     if X is None:
         raise DataError("analyze needs inputs X (N, d_in) unless the model is a run directory")
-    x = _matrix(X, "X", net.dims[0], device)
-    y = None if Y is None else _matrix(Y, "Y", net.dims[-1], device)
+    x = _matrix(X, "X", net.d_in, device)
+    y = None if Y is None else _matrix(Y, "Y", net.d_out, device)
     if y is not None and y.shape[0] != x.shape[0]:
         raise DataError(f"Y has {y.shape[0]} rows but X has {x.shape[0]}")
     lam = run_lam if lam is None else lam

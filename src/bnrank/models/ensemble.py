@@ -268,13 +268,10 @@ class EnsembleMLP(EnsembleModel):
         """``alpha.ℓ``: α_ℓ(X) and σ(α_ℓ(X)) for ℓ < L; ``alpha.L``: the output (no σ)."""
         pre = self.preactivations(x)
         last = len(pre)
-        return [
-            Site(f"alpha.{i}", a, self.sigma(a) if i < last else a, self.activation == "relu" and i < last)
-            for i, a in enumerate(pre, start=1)
-        ]
+        return [Site(f"alpha.{i}", a, self.sigma(a) if i < last else a, i < last) for i, a in enumerate(pre, start=1)]
 
     def layer_keys(self) -> list[LayerKey]:
-        return [LayerKey(i, f"weight.{i}", f"alpha.{i}") for i in range(1, self.depth + 1)]
+        return [LayerKey(i, f"weight.{i}", f"alpha.{i}", f"bias.{i}" if self.has_bias else None) for i in range(1, self.depth + 1)]
 
 
 def _linear_layers(net: nn.Module) -> tuple[list[nn.Linear], Activation]:

@@ -45,8 +45,9 @@ bnrank.measure.curvature)."""
 
 @dataclass(frozen=True)
 class Site:
-    """A named representation of N inputs: `pre` and `post` (E, N, d) (post = pre where no
-    nonlinearity follows); `nonlinear` is False where post is pre by construction."""
+    """A named representation of N inputs: `pre` and `post` (E, N, d), post = σ(pre) for the
+    family's activation σ; `nonlinear` is False where no activation follows (the output), so
+    post is pre by construction."""
 
     name: str
     pre: Tensor
@@ -57,11 +58,13 @@ class Site:
 @dataclass(frozen=True)
 class LayerKey:
     """One row of analyze's layer table: its 1-based `layer` index, the `operator` whose spectrum
-    it holds and the representation `site` after it."""
+    it holds, the representation `site` after it and the `bias` tensor added there (a name in
+    `EnsembleModel.tensors`, None without one)."""
 
     layer: int
     operator: str
     site: str
+    bias: str | None = None
 
 
 class EnsembleModel(nn.Module):
