@@ -71,13 +71,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from bnrank.atomic import write_json, write_parquet, write_with
 from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
+from bnrank.experiments.output import print_checks, write_outputs
 from bnrank.measure.theory import fit_depth_expansion
 from bnrank.plots.fig1 import plot_norm_vs_depth, plot_trial_spectra, rank_colors
-from bnrank.sweep import SweepResult, run_sweep
 from bnrank.pipeline import RANK_THRESHOLD
+from bnrank.sweep import SweepResult, run_sweep
 from bnrank.train.recipe import default_init_scale, default_phase_steps, default_train_config
 
 TRUE_RANK = 2
@@ -372,11 +372,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
     figures = {"fig1a": plot_norm_vs_depth(live, fits, spec.cost_max, colors)}
     if not trials.empty:  # every network diverged: no spectra to show
         figures["fig1b"] = plot_trial_spectra(result.layers, trials, RANK_THRESHOLD, colors)
-    for name, fig in figures.items():
-        for ext in ("png", "svg"):
-            write_with(out / f"{name}.{ext}", lambda p, fig=fig, ext=ext: fig.savefig(p, format=ext, dpi=150))
-    write_parquet(out / "runs.parquet", runs)
-    write_json(out / "summary.json", summary)
+    write_outputs(out, summary, figures, {"runs": runs})
     _print_tables(summary, out)
     return summary
 
@@ -437,6 +433,5 @@ def _print_tables(summary: dict, out: Path) -> None:
         classes.add_row(str(c["rank"]), " ".join(map(str, c["depths"])), str(c["n_networks"]), slope, expansion, r2,
                         _fmt(c["r1_lower_bound"], ".3g"))
     console.print(classes)
-    for c in summary["acceptance"]["criteria"]:
-        console.print(f"  {'PASS' if c['held'] else 'FAIL'}  {c['statement']}: {c['value']}")
+    print_checks(console, [(f"{c['statement']}: {c['value']}", c["held"]) for c in summary["acceptance"]["criteria"]])
     console.print(f"time {summary['wall_time_s']:.0f} s, {summary['n_networks']} networks ({summary['n_diverged']} diverged)")

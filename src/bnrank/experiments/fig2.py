@@ -32,10 +32,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from bnrank.atomic import staged_dir, write_json, write_with
+from bnrank.atomic import staged_dir
 from bnrank.config import RunConfig, override, per_member, validate
 from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
+from bnrank.experiments.output import print_checks, write_outputs
 from bnrank.measure import analyze
 from bnrank.measure.symmetry import count_crossings, orbit_collapse
 from bnrank.plots.fig2 import plot_orbit_distance, plot_path_images
@@ -140,11 +141,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
             "preset": preset, "config": cfg.model_dump(mode="json"),
             "train_time_s": trained.summary["wall_time_s"], "wall_time_s": time.perf_counter() - start,
         }
-        result["layers"].to_parquet(stage / "layers.parquet", index=False)
-        for name, fig in result["figures"].items():
-            for ext in ("png", "svg"):
-                write_with(stage / f"{name}.{ext}", lambda p, fig=fig, ext=ext: fig.savefig(p, format=ext, dpi=150))
-        write_json(stage / "summary.json", result["summary"])
+        write_outputs(stage, result["summary"], result["figures"], {"layers": result["layers"]})
     _print_table(result["summary"], result["layers"], out)
     return result["summary"]
 
@@ -287,5 +284,4 @@ def _print_table(summary: dict, layers, out: Path) -> None:
         f"(exact quotient: {summary['quotient_crossings']})   train mse {summary['train_mse']:.4g}   "
         f"test mse {summary['test_mse']:.4g}   time {summary['wall_time_s']:.0f} s"
     )
-    for name, ok in summary["checks"].items():
-        console.print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    print_checks(console, summary["checks"])

@@ -31,10 +31,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from bnrank.atomic import staged_dir, write_json, write_with
+from bnrank.atomic import staged_dir
 from bnrank.config import RunConfig, override, validate
 from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
+from bnrank.experiments.output import print_checks, write_outputs
 from bnrank.measure import analyze
 from bnrank.plots.iclr import plot_activation_spectra, plot_nonlinearity_impact
 from bnrank.plots.spectra import plot_weight_spectra
@@ -130,17 +131,13 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
             "preset": preset, "config": cfg.model_dump(mode="json"),
             "train_time_s": trained.summary["wall_time_s"], "wall_time_s": time.perf_counter() - start,
         }
-        layers.to_parquet(stage / "layers.parquet", index=False)
         figures = {
             "weights": plot_weight_spectra(layers, threshold=spec.threshold,
                                            title=f"Weight spectra, depth {spec.depth}, rank-{TRUE_RANK} target"),
             "activations": plot_activation_spectra(layers),
             "nonlinearity": plot_nonlinearity_impact(layers),
         }
-        for name, fig in figures.items():
-            for ext in ("png", "svg"):
-                write_with(stage / f"{name}.{ext}", lambda p, fig=fig, ext=ext: fig.savefig(p, format=ext, dpi=150))
-        write_json(stage / "summary.json", summary)
+        write_outputs(stage, summary, figures, {"layers": layers})
     _print_table(summary, layers, out)
     return summary
 
@@ -203,5 +200,4 @@ def _print_table(summary: dict, layers, out: Path) -> None:
     norms = " ".join(f"{v:.2f}" for v in summary["param_norm_sq_over_depth"])
     mses = " ".join(f"{v:.3g}" for v in summary["train_mse"])
     console.print(f"‖θ‖²/L = {norms} (paper ≈ 6)   train mse {mses}   time {summary['wall_time_s']:.0f} s")
-    for name, ok in summary["checks"].items():
-        console.print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    print_checks(console, summary["checks"])
