@@ -1,4 +1,6 @@
-"""Training throughput: the ensemble trainer vs a plain per-network PyTorch loop vs matmul peak.
+"""Training throughput: the ensemble trainer vs a plain per-network PyTorch loop vs matmul peak,
+and the trainer on the model family's generic torch.func gradient instead of the MLP's
+hand-written backprop ("generic E=4").
 
 Workloads: Figure-1 size (depth 12, width 100, N = 500, d_in = d_out = 20) and a
 deep, small-batch one (depth 25, N = 200). Full-batch Adam on the regularized objective.
@@ -25,6 +27,13 @@ from torch import nn
 
 from bnrank import EnsembleMLP, fit
 from bnrank.config import TrainConfig
+from bnrank.models import EnsembleModel
+
+
+class GenericMLP(EnsembleMLP):
+    """The MLP with the seam's generic gradient (bnrank.models.functional), not its fast path."""
+
+    objective_and_grads = EnsembleModel.objective_and_grads
 
 
 def sync(device: torch.device) -> None:
@@ -51,9 +60,9 @@ def flops_per_network_step(dims: list[int], n: int) -> float:
     return 6.0 * n * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
-def time_ensemble(members: int, dims: list[int], x, y, steps: int) -> float:
+def time_ensemble(members: int, dims: list[int], x, y, steps: int, family: type[EnsembleMLP] = EnsembleMLP) -> float:
     """Seconds per step of `bnrank.fit` (Adam, full batch) for an ensemble of `members`."""
-    model = EnsembleMLP.init(members, dims, seeds=list(range(members))).to(device=x.device)
+    model = family.init(members, dims, seeds=list(range(members))).to(device=x.device)
     cfg = TrainConfig(lam=1e-3, log_every=10**9, phases=[{"optimizer": "adam", "steps": steps, "lr": 1e-3}])
     fit(model, x, y, cfg.model_copy(update={"phases": [cfg.phases[0].model_copy(update={"steps": 5})]}), progress=False)
     sync(x.device)
@@ -112,6 +121,7 @@ def main() -> None:
             peaks.append(matmul_peak_gflops(device))
             for e in (1, 4, 16):
                 samples.setdefault(f"ensemble E={e}", []).append(e / time_ensemble(e, dims, x, y, steps))
+            samples.setdefault("generic E=4", []).append(4 / time_ensemble(4, dims, x, y, steps // 2, GenericMLP))
             samples.setdefault("plain loop", []).append(4 / time_plain_loop(4, dims, x, y, steps // 2))
         peak = statistics.median(peaks)
         print(f"\n{name}: {flops / 1e6:.1f} MFLOP per network-step, matmul peak {peak:.1f} GFLOP/s")
