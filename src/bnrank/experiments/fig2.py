@@ -1,4 +1,4 @@
-"""The paper's Figure 2: symmetry learning (theory.md §5).
+"""The paper's Figure 2: symmetry learning (docs/theory.md §5).
 
     bnrank reproduce fig2 [--preset quick|paper] [--out DIR]
 

@@ -1,6 +1,6 @@
 """EnsembleMLP: E independent fully connected ReLU networks of one shape, run as one.
 
-Network (theory.md §1): α_0 = x, α_ℓ = W_ℓ σ(α_{ℓ-1}) + b_ℓ for ℓ = 1..L, σ = ReLU applied from
+Network (docs/theory.md §1): α_0 = x, α_ℓ = W_ℓ σ(α_{ℓ-1}) + b_ℓ for ℓ = 1..L, σ = ReLU applied from
 ℓ ≥ 2 (never to the input), output f(x) = α_L(x). Member e's parameters are
 ``weights[ℓ-1][e]`` of shape (fan_out, fan_in) and ``biases[ℓ-1][e]`` of shape (fan_out,), so
 ``weights[ℓ-1]`` has shape (E, d_ℓ, d_{ℓ-1}). Every layer is one batched matmul over members.

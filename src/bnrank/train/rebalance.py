@@ -1,4 +1,4 @@
-"""Neuron balancedness (theory.md §1 (a), (b)).
+"""Neuron balancedness (docs/theory.md §1 (a), (b)).
 
 Hidden neuron i of layer ℓ (1 ≤ ℓ < L) has incoming norm a_i = ‖W_ℓ[i, :]‖² + b_ℓ[i]² and
 outgoing norm c_i = ‖W_{ℓ+1}[:, i]‖². Scaling its incoming weights by s > 0 and outgoing ones by
