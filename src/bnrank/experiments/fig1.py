@@ -49,8 +49,8 @@ Conventions (ours; the paper does not spell them out):
   y = h(z_1, z_2) (minor_scale 1), ε ≈ 0.54 even for the best single direction of (z_1, z_2),
   which puts rank 1 and the collapse θ = 0 at depths in the hundreds at λ = 0.001: no preset
   depth can show a rank below 2 (measured: results/fig1-paper-h100, ranks 3 then 2 up to depth
-  30). The paper's own task is not published; 0.08 was picked from the ε estimate before any
-  sweep with it and kept.
+  30). The paper's own task is not published; 0.08 comes from the ε estimate (bench/README.md,
+  "Where rank 1 appears"), not from a sweep.
 - Every depth L is trained by the default recipe of its own depth (`default_train_config(L)`,
   init scale `default_init_scale(L)`), one sweep *case* per depth, with the recipe's phase
   lengths times the preset's `steps_factor` (the last phase stops early by the stop rule).
