@@ -20,6 +20,9 @@ What is checked, and the rule for commands that are too long to run in a test:
   ``#anchor`` into a Markdown file to one of its headings), and every "theory.md §N" anywhere
   in the repository's text names a section "## §N." of docs/theory.md; outside docs/ the
   reference spells the path, docs/theory.md.
+- docs/columns.md lists exactly the columns of the tables the code writes, and every
+  ``bnrank.…`` path named in the documents imports.
+- No text of the repository speaks of its development history (HISTORY).
 """
 
 from __future__ import annotations
@@ -257,3 +260,15 @@ def test_theory_to_code_names_a_function_for_every_row():
     assert len(rows) >= 20
     for row in rows:
         assert DOTTED.search(row), f"no bnrank.… function in: {row}"
+
+
+HISTORY = re.compile(r"\bsessions?\b|\bissue \d|\buntil session|\bearlier versions?\b|\bpreviously\b", re.I)
+
+
+def test_the_repository_speaks_of_what_the_code_does_not_of_its_history():
+    this = Path(__file__).resolve()
+    for file in _text_files():
+        if file.suffix in {".json", ".txt"} or file == this:
+            continue
+        for number, line in enumerate(file.read_text(errors="replace").splitlines(), 1):
+            assert not HISTORY.search(line), f"{file.relative_to(ROOT)}:{number}: {line.strip()}"
