@@ -1,4 +1,4 @@
-"""analyze on networks whose every measurement is known in closed form (theory.md §3, §4)."""
+"""analyze on networks whose every measurement is known in closed form (docs/theory.md §3, §4)."""
 
 import numpy as np
 import pytest
@@ -15,7 +15,7 @@ def balanced_linear_net(s: list[float], dims: list[int], seed: int = 0) -> tuple
     """A depth-L ReLU net that computes A = P_L diag(s) P_0ᵀ on the positive orthant, and A.
 
     W_ℓ = P_ℓ S^{1/L} P_{ℓ-1}ᵀ with permutation matrices P_ℓ: the balanced minimizer of
-    theory.md §3, with non-negative entries, so on inputs x > 0 every pre-activation is ≥ 0
+    docs/theory.md §3, with non-negative entries, so on inputs x > 0 every pre-activation is ≥ 0
     and the ReLUs act as identities; biases are zero.
     """
     gen = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Closed forms for linear networks and the depth fit (theory.md §2, §3)."""
+"""Closed forms for linear networks and the depth fit (docs/theory.md §2, §3)."""
 
 import mpmath
 import numpy as np

@@ -1,4 +1,4 @@
-"""The `bnrank` command line: train (and, as they land, analyze, sweep, reproduce).
+"""The `bnrank` command line: train, analyze, sweep, reproduce.
 
 Bad input of any kind (config, data, files, models) prints one line ``error: ...`` on stderr and
 exits with code 2; nothing half-written is left behind.

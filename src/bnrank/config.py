@@ -38,7 +38,7 @@ class StrictModel(BaseModel):
 
 
 class CompositionTask(StrictModel):
-    """Rank-k composition task (theory.md §5, Figure 1): x = g(z), y = h(z_1..z_k).
+    """Rank-k composition task (docs/theory.md §5, Figure 1): x = g(z), y = h(z_1..z_k).
 
     z ~ N(0, I_latent_dim); g: R^latent_dim → R^d_in and h: R^rank → R^d_out are random
     one-hidden-layer ReLU nets of width `hidden`; h reads (z_1, minor_scale·z_2, ...,
@@ -68,7 +68,7 @@ class CompositionTask(StrictModel):
 
 
 class SymmetryTask(StrictModel):
-    """Symmetry-learning task (theory.md §5, Figure 2): x ∈ R³, targets = the rotation invariants
+    """Symmetry-learning task (docs/theory.md §5, Figure 2): x ∈ R³, targets = the rotation invariants
     (wᵀx_t, ‖P⊥x_t‖), t = 1..path_length, along the gradient-descent path x_t of a potential V
     invariant under rotations about `axis` (see bnrank.tasks.symmetry). Bottleneck rank 2.
 
@@ -274,8 +274,8 @@ MseReduction = Literal["sum", "mean"]
 
 
 class TrainConfig(StrictModel):
-    """`mse_reduction`: the fit term of the objective, "sum" = (1/N)Σ_i‖f(x_i) − y_i‖² (theory.md
-    §1) or "mean" = that / d_out (torch.nn.MSELoss's default); see bnrank.train.objective."""
+    """`mse_reduction`: the fit term of the objective, "sum" = (1/N)Σ_i‖f(x_i) − y_i‖² (docs/theory.md §1)
+    or "mean" = that / d_out (torch.nn.MSELoss's default); see bnrank.train.objective."""
 
     lam: PerMemberNonNegative = 1e-3
     mse_reduction: MseReduction = "sum"

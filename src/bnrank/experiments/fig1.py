@@ -1,4 +1,4 @@
-"""The paper's Figure 1: the depth sweep on the rank-2 composition task (theory.md §5).
+"""The paper's Figure 1: the depth sweep on the rank-2 composition task (docs/theory.md §5).
 
     bnrank reproduce fig1 [--preset quick|paper] [--out DIR]
 
@@ -27,7 +27,7 @@ Conventions (ours; the paper does not spell them out):
 - FIT_RULE: within each rank class, ‖θ‖² of its non-diverged networks (one row per network,
   all seeds) is fitted by least squares against L (`fit_depth_expansion`).
 - SLOPE_RULE: the acceptance check "slope = rank" reads the slope of the theory's expansion
-  ‖θ‖² ≈ k·L + R⁽¹⁾ + R⁽²⁾/L (theory.md §4, `fit_depth_expansion(with_r2=True)`) where the data
+  ‖θ‖² ≈ k·L + R⁽¹⁾ + R⁽²⁾/L (docs/theory.md §4, `fit_depth_expansion(with_r2=True)`) where the data
   determine its R⁽²⁾ (|R⁽²⁾| > 2 standard errors), else the affine fit's that fig1a draws.
   Where R⁽²⁾/L² is not small against k the affine slope is biased low (the quick preset's
   rank-3 class at depths 6–14: ‖θ‖² rises by 2.2, 3.8, 4.5, 5.0 per two depths, as k − R⁽²⁾/L²
@@ -38,19 +38,19 @@ Conventions (ours; the paper does not spell them out):
 - LOSS_RULE: the objective is torch.nn.MSELoss's mean over points *and* output coordinates plus
   λ‖θ‖² (`train.mse_reduction: mean`), and "train cost" is that mean squared error. This is our
   reading of the paper's λ = 0.001 and "train cost < 0.1": with the squared error summed over the
-  20 outputs (theory.md §1's default), λ = 0.001 is 20× weaker and, on this task, the networks
+  20 outputs (docs/theory.md §1's default), λ = 0.001 is 20× weaker and, on this task, the networks
   keep rank 3 up to depth 14 and do not converge beyond (measured: bench/README.md, "Where the rank-2 range appears").
 - TASK_RULE: the presets weight the target's second latent by `minor_scale` = 0.08
   (y = h(z_1, 0.08·z_2), `bnrank.tasks.composition`), so that the best function of z_1 alone
   leaves ε ≈ 3 % of y's variance unfit. Rank 1 overtakes rank 2 where the norm it saves,
   λ·(‖θ‖²_rank2(L) − ‖θ‖²_rank1(L)) ≈ λ·(L + ΔR⁽¹⁾), exceeds the fit error it costs (at most
-  ε; theory.md §2's tradeoff): L ≈ (MSE_rank1 − MSE_rank2)/λ − ΔR⁽¹⁾, the mid-20s to low 30s
+  ε; docs/theory.md §2's tradeoff): L ≈ (MSE_rank1 − MSE_rank2)/λ − ΔR⁽¹⁾, the mid-20s to low 30s
   here, measured between 24 and 26 with the quick preset (bench/README.md). With
   y = h(z_1, z_2) (minor_scale 1), ε ≈ 0.54 even for the best single direction of (z_1, z_2),
   which puts rank 1 and the collapse θ = 0 at depths in the hundreds at λ = 0.001: no preset
   depth can show a rank below 2 (measured: results/fig1-paper-h100, ranks 3 then 2 up to depth
-  30). The paper's own task is not published; 0.08 was picked from the ε estimate before any
-  sweep with it and kept.
+  30). The paper's own task is not published; 0.08 comes from the ε estimate (bench/README.md,
+  "Where rank 1 appears"), not from a sweep.
 - Every depth L is trained by the default recipe of its own depth (`default_train_config(L)`,
   init scale `default_init_scale(L)`), one sweep *case* per depth, with the recipe's phase
   lengths times the preset's `steps_factor` (the last phase stops early by the stop rule).
@@ -88,7 +88,7 @@ RANK_RULE = (
 LOSS_RULE = "objective = mean over points and outputs of (f - y)^2 + lam·‖θ‖²; train cost = that mean"
 FIT_RULE = "least squares of ‖θ‖² on depth over the non-diverged networks of a rank class (one row per network)"
 SLOPE_RULE = (
-    "a rank class's checked slope is that of the least-squares fit ‖θ‖² ≈ slope·L + R1 + R2/L (theory.md §4) "
+    "a rank class's checked slope is that of the least-squares fit ‖θ‖² ≈ slope·L + R1 + R2/L (docs/theory.md §4) "
     "where its R2 is significant (|R2| > 2 standard errors), else that of the affine fit slope·L + intercept"
 )
 
@@ -181,7 +181,7 @@ def sweep_spec(p: Preset) -> dict:
 def network_table(result: SweepResult) -> pd.DataFrame:
     """One row per network: the sweep's runs plus `rank` (= mid_rank), analyze's `jac_rank` and
     `r1_lower_bound`, and `r1_at_rank` = max over the analyzed inputs x of 2·Σ_{i≤rank} log s_i(Jf(x))
-    (2·log|Jf(x)|₊ when Jf(x) has rank `rank`, the R⁽¹⁾ lower bound of theory.md §2) over the
+    (2·log|Jf(x)|₊ when Jf(x) has rank `rank`, the R⁽¹⁾ lower bound of docs/theory.md §2) over the
     inputs whose Jacobian has `rank` nonzero singular values (NaN if none, or rank 0)."""
     runs = result.runs.drop(columns=["model", "train"], errors="ignore").copy()
     runs["rank"] = runs["mid_rank"].astype(int)
@@ -220,7 +220,7 @@ def depth_table(runs: pd.DataFrame, cost_max: float = 0.1) -> pd.DataFrame:
 def fit_rank_classes(runs: pd.DataFrame) -> pd.DataFrame:
     """`fit_depth_expansion` of the non-diverged networks, one row per rank class (FIT_RULE): the
     affine fit (slope, intercept, the paper's claim), plus the theory's expansion
-    ‖θ‖² ≈ k·L + R⁽¹⁾ + R⁽²⁾/L (theory.md §4) as `expansion_slope`, `expansion_slope_stderr`,
+    ‖θ‖² ≈ k·L + R⁽¹⁾ + R⁽²⁾/L (docs/theory.md §4) as `expansion_slope`, `expansion_slope_stderr`,
     `expansion_intercept`, `r2_coef`, `r2_coef_stderr` (NaN below 3 depths), and the fit the
     slope check reads (SLOPE_RULE): `checked_fit` ("expansion" where |r2_coef| > 2·r2_coef_stderr,
     else "affine"; "none" below 2 depths) and its `checked_slope`."""

@@ -1,4 +1,4 @@
-"""The paper's Figure 2: symmetry learning (theory.md §5).
+"""The paper's Figure 2: symmetry learning (docs/theory.md §5).
 
     bnrank reproduce fig2 [--preset quick|paper] [--out DIR]
 
@@ -96,7 +96,7 @@ def _config(depth: int, width: int, lam: float, n_train: int, **recipe) -> dict:
 
 
 PRESETS: dict[str, Preset] = {
-    # Measured on 2 CPU cores: README.md, "Reproductions" (time, ranks, orbit collapse); phases shortened
+    # 3–6 min on 2 CPU cores, all three checks pass (README.md, "Reproductions"); phases shortened
     # from the recipe's depth-25 defaults to fit 15 minutes on 2 cores.
     "quick": Preset(config=_config(depth=25, width=64, lam=3e-3, n_train=300, adam_steps=10000, descent_steps=6000, polish_steps=4000)),
     # The paper's network (depth 25, width 200, λ = 0.0002) with the recipe's default phases for

@@ -1,4 +1,4 @@
-"""The predecessor paper's rank-recovery figure (ICLR 2023, theory.md §5).
+"""The predecessor paper's rank-recovery figure (ICLR 2023, docs/theory.md §5).
 
     bnrank reproduce iclr-rank [--preset quick|paper] [--out DIR]
 

@@ -1,7 +1,7 @@
-"""Measurements of the bottleneck theory (theory.md §2–§4) and its closed forms.
+"""Measurements of the bottleneck theory (docs/theory.md §2–§4) and its closed forms.
 
     analyze(model, X, ...) → Analysis     layers / points / network DataFrames
-    linear_cost, linear_expansion         closed forms for linear networks (theory.md §3)
+    linear_cost, linear_expansion         closed forms for linear networks (docs/theory.md §3)
     fit_depth_expansion(df)               ‖θ‖²(L) ≈ a·L + b (+ c/L) within each rank class
 
 The building blocks (pure functions of weights and pre-activations, batched over members) live

@@ -1,4 +1,4 @@
-"""Hidden representations (theory.md §4): their spectra, effective ranks, nonlinearity impact.
+"""Hidden representations (docs/theory.md §4): their spectra, effective ranks, nonlinearity impact.
 
 The representations of N inputs X at layer ℓ are the matrices α_ℓ(X) (pre-activation) and
 σ(α_ℓ(X)) (post-activation, the input of layer ℓ+1), each (E, N, d_ℓ), uncentered. The output

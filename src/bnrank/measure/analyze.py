@@ -1,4 +1,4 @@
-"""`analyze`: every quantity of the bottleneck theory (theory.md §4) as three tidy DataFrames."""
+"""`analyze`: every quantity of the bottleneck theory (docs/theory.md §4) as three tidy DataFrames."""
 
 from __future__ import annotations
 

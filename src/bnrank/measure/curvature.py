@@ -1,4 +1,4 @@
-"""Curvature (theory.md §4): NTK trace and top eigenvalue, top Hessian eigenvalue.
+"""Curvature (docs/theory.md §4): NTK trace and top eigenvalue, top Hessian eigenvalue.
 
 Conventions, per member, for N inputs x_i and outputs in R^{d_out}:
 

@@ -1,4 +1,4 @@
-"""Input Jacobians of MLPs, batched over members and inputs (theory.md §2).
+"""Input Jacobians of MLPs, batched over members and inputs (docs/theory.md §2).
 
 For a ReLU net, Jf(x) = W_L D_{L-1}(x) W_{L-1} ⋯ D_1(x) W_1 with D_ℓ(x) = diag(α_ℓ(x) > 0)
 (σ'(0) = 0, as torch's autograd); for a linear net every D_ℓ = I. It is computed backwards, G_L = I and
@@ -70,7 +70,7 @@ def log_pdet(spectrum: Tensor, rank: Tensor) -> Tensor:
 
 
 def schatten(spectrum: Tensor, rank: Tensor, depth: int) -> Tensor:
-    """L·Σ_{i ≤ rank} s_i^{2/L}, a lower bound on ‖θ‖² (theory.md §2): (..., m), (...) → (...).
+    """L·Σ_{i ≤ rank} s_i^{2/L}, a lower bound on ‖θ‖² (docs/theory.md §2): (..., m), (...) → (...).
 
     Singular values beyond the numerical rank are read as exact zeros (at large L even a
     round-off 1e-16 would add about L to the sum); dropping them keeps the bound valid.

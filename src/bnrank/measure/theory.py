@@ -1,4 +1,4 @@
-"""Closed forms for linear networks and the depth fit of trained ones (theory.md §2, §3).
+"""Closed forms for linear networks and the depth fit of trained ones (docs/theory.md §2, §3).
 
 >>> import numpy as np
 >>> A = np.diag([3.0, 2.0, 0.0])

@@ -1,4 +1,4 @@
-"""Weight spectra (theory.md §4): singular values of every W_ℓ, their ranks, and the budget.
+"""Weight spectra (docs/theory.md §4): singular values of every W_ℓ, their ranks, and the budget.
 
 All functions take the stacked weights of an ensemble, ``weights[ℓ-1]`` of shape
 (E, d_ℓ, d_{ℓ-1}), and work in the dtype they are given (analyze passes float64).
@@ -31,7 +31,7 @@ def count_near_one(values: Tensor, tol: float = NEAR_ONE) -> Tensor:
 
 
 def layer_budget(spectrum: Tensor, k: Tensor) -> Tensor:
-    """Per-layer term of the bottleneck budget (theory.md §4), one value per member.
+    """Per-layer term of the bottleneck budget (docs/theory.md §4), one value per member.
 
     spectrum: (E, m) singular values of W_ℓ, descending; k: (E,) integer ranks (k ≤ m).
     Returns Σ_{i≤k} (s_i² − 1 − log s_i²) + Σ_{i>k} s_i², shape (E,). Each of the first k

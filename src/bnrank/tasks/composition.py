@@ -1,9 +1,9 @@
-"""The rank-k composition task of theory.md §5 (Figure 1).
+"""The rank-k composition task of docs/theory.md §5 (Figure 1).
 
 z ~ N(0, I_m) (m = latent_dim); x = g(z) ∈ R^{d_in}; y = h(z_1, c·z_2, ..., c·z_k) ∈ R^{d_out}
 (c = `minor_scale`, 1 by default; c < 1 leaves only a small part of y outside the best function
 of z_1 alone, ≈ 3 % of its variance at c = 0.08, which sets the depth where a rank-1 fit
-overtakes the rank-k one: theory.md §2's tradeoff with the fit error), where g and
+overtakes the rank-k one: docs/theory.md §2's tradeoff with the fit error), where g and
 h are random one-hidden-layer ReLU networks of width `hidden`: first-layer weights N(0, 1/fan_in)
 (times `g_scale` for g), biases N(0, bias_std²), second layer N(0, 1/hidden), no output bias.
 x and y are standardized per coordinate with the training set's mean and std; then Gaussian

@@ -1,4 +1,4 @@
-"""The symmetry-learning task of theory.md §5 (the paper's Figure 2).
+"""The symmetry-learning task of docs/theory.md §5 (the paper's Figure 2).
 
 Inputs x ∈ R³. A potential V invariant under rotations about a unit axis w,
 
@@ -15,7 +15,7 @@ standardized per coordinate with the training set's mean and std.
 Why these targets (ours): rotations R about w commute with gradient descent on V (∇V(Rx) = R∇V(x)),
 so y(Rx) = y(x) exactly and y factors through the 2-d quotient R³/G ≅ {(h, r): r ≥ 0}; its
 bottleneck rank is 2. Both quotient coordinates appear in the targets with equal weight after
-standardization, so the rank is plainly 2; the other option of theory.md, the values V(x_t), sees
+standardization, so the rank is plainly 2; the other option of docs/theory.md §5, the values V(x_t), sees
 the second coordinate only through how V changes along the path, and can be nearly rank 1.
 r = ‖P⊥x‖ is positively homogeneous, which a ReLU network represents cheaply (r² would be
 quadratic).

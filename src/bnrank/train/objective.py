@@ -1,9 +1,9 @@
-"""The regularized objective (theory.md §1), per member:
+"""The regularized objective (docs/theory.md §1), per member:
 
     C(θ) = (1/N) Σ_i ‖f_θ(x_i) − y_i‖² + λ ‖θ‖²                       (reduction "sum", the default)
     C(θ) = (1/(N·d_out)) Σ_i ‖f_θ(x_i) − y_i‖² + λ ‖θ‖²                (reduction "mean")
 
-"sum": squared error summed over output coordinates and averaged over samples (theory.md);
+"sum": squared error summed over output coordinates and averaged over samples (docs/theory.md §1);
 "mean": averaged over both, torch.nn.MSELoss's default. A "mean" objective at λ is the "sum"
 objective at d_out·λ divided by d_out: same minimizers, a d_out times weaker fit term. The
 penalty is added explicitly (torch's weight_decay would be a (λ/2)‖θ‖² penalty instead).

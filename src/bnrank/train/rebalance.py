@@ -1,4 +1,4 @@
-"""Neuron balancedness (theory.md §1 (a), (b)).
+"""Neuron balancedness (docs/theory.md §1 (a), (b)).
 
 Hidden neuron i of layer ℓ (1 ≤ ℓ < L) of an MLP has incoming norm a_i = ‖W_ℓ[i, :]‖² + b_ℓ[i]²
 (no b_ℓ term without biases) and outgoing norm c_i = ‖W_{ℓ+1}[:, i]‖². Scaling its incoming
