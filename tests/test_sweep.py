@@ -177,9 +177,9 @@ def test_threads_apply_in_process_and_the_callers_setting_is_restored(tmp_path):
 def test_a_directory_holding_another_sweep_is_refused(tmp_path):
     out = tmp_path / "sw"
     run_sweep(spec(grid={"model.depth": [2], "train.lam": [0.01]}), out, progress=False)
-    with pytest.raises(StoreError, match=r"holds a different sweep \(spec differs at grid.train.lam.0\)"):
+    with pytest.raises(StoreError, match=r"holds a different sweep \(spec differs at grid.train.lam.0: 0.01 here, 0.1 in the new spec\)"):
         run_sweep(spec(grid={"model.depth": [2], "train.lam": [0.1]}), out, progress=False)
-    with pytest.raises(StoreError, match="spec differs at base.train.phases.0.steps"):
+    with pytest.raises(StoreError, match="spec differs at base.train.phases.0.steps: 30 here, 3 in the new spec"):
         run_sweep(spec(grid={"model.depth": [2], "train.lam": [0.01]}), out, progress=False, overrides=["train.phases.0.steps=3"])
     with pytest.raises(StoreError, match="resume is off"):
         run_sweep(spec(grid={"model.depth": [2], "train.lam": [0.01]}), out, resume=False, progress=False)
@@ -194,7 +194,7 @@ def test_a_directory_holding_another_sweep_is_refused(tmp_path):
 def test_a_directory_in_use_is_refused(tmp_path):
     s = load_spec(spec())
     with SweepStore(tmp_path / "sw").writing(s):
-        with pytest.raises(StoreError, match="being written by another sweep process"):
+        with pytest.raises(StoreError, match=rf"being written by another sweep driver \(pid {os.getpid()} on host"):
             run_sweep(spec(), tmp_path / "sw", progress=False)
 
 
