@@ -43,15 +43,21 @@ def write_error(path: str | Path, err: OSError) -> WriteError:
 def check_writable(path: str | Path) -> None:
     """Raise WriteError unless `path` (a file or directory to be written) could be created: its
     nearest existing ancestor must be a directory this process may write into. Creates nothing."""
-    path = Path(path).absolute()
-    parent = path.parent
+    parent = Path(path).absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         raise WriteError(path, f"{parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        code = errno.EROFS if os.statvfs(parent).f_flag & os.ST_RDONLY else errno.EACCES
-        raise write_error(path, OSError(code, os.strerror(code)))
+    code = refusal(parent)
+    if code is not None:
+        raise WriteError(path, os.strerror(code))
+
+
+def refusal(directory: Path) -> int | None:
+    """The errno a write into `directory` would fail with (EROFS, EACCES), None if allowed."""
+    if os.access(directory, os.W_OK | os.X_OK):
+        return None
+    return errno.EROFS if os.statvfs(directory).f_flag & os.ST_RDONLY else errno.EACCES
 
 
 def write_with(path: str | Path, writer: Callable[[Path], None]) -> Path:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -28,16 +27,22 @@ err_console = Console(stderr=True)
 console = Console()
 
 
+#: click's UsageError and NoArgsIsHelpError (a bare `bnrank` shows the help), from the click
+#: typer runs on: its own copy in recent typer versions, the click package in older ones.
+_UsageError = typer.BadParameter.__bases__[0]
+_NoArgsIsHelp = getattr(sys.modules[_UsageError.__module__], "NoArgsIsHelpError", ())
+
+
 @contextmanager
 def _one_line_usage_errors() -> Iterator[None]:
     """A usage error (unknown option, bad option value, missing argument) as one `error:` line, code 2."""
     try:
         yield
-    except click.exceptions.NoArgsIsHelpError:
+    except _NoArgsIsHelp:
         raise
-    except click.UsageError as err:
+    except _UsageError as err:
         where = f" (see {err.ctx.command_path} --help)" if err.ctx is not None else ""
-        message = " ".join(err.format_message().split())
+        message = " ".join(err.format_message().replace("Value error, ", "").split())
         err_console.print(f"error: {message}{where}", highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(2) from None
 

@@ -130,6 +130,7 @@ class SweepStore:
         """
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} is a file, not a sweep directory")
+        self._check_foreign()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             lock = open(self.root / ".lock", "a+")
@@ -189,9 +190,7 @@ class SweepStore:
     def _check_spec(self, spec: SweepSpec, resume: bool, extend: bool, cell_ids: set[str] | None) -> None:
         stored = self.stored_spec()
         if stored is None:
-            foreign = [p.name for p in self.root.iterdir() if p.name != ".lock"]
-            if foreign:
-                raise StoreError(f"{self.root} is not empty and not a sweep directory (has {foreign[0]})")
+            self._check_foreign()
             self._write_spec(spec)
             return
         if not isinstance(stored, dict):
@@ -210,6 +209,13 @@ class SweepStore:
             self._write_spec(spec)
         if not resume and self.part_ids():
             raise StoreError(f"{self.root} already has finished groups (resume is off)")
+
+    def _check_foreign(self) -> None:
+        """StoreError for an existing directory that has files but no spec.yaml (not a sweep)."""
+        if self.root.is_dir() and not self.spec_path.exists():
+            foreign = sorted(p.name for p in self.root.iterdir() if p.name != ".lock")
+            if foreign:
+                raise StoreError(f"{self.root} is not empty and not a sweep directory (has {foreign[0]})")
 
     def _write_spec(self, spec: SweepSpec) -> None:
         write_text(self.spec_path, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
