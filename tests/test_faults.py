@@ -292,9 +292,10 @@ def _numbers(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_a_sweep_driver_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path):
-    """SIGKILL at 5 seeded random moments (before the first part, between parts, mid-write),
-    each followed by a restart; the last run finishes. The result: every cell exactly once, with
-    the numbers of one uninterrupted in-process run."""
+    """SIGKILL at 5 seeded random points, each followed by a restart: a point is a number of
+    finished parts (0 to 7 of 8, rising) plus a random delay of up to 0.3 s (a group takes about
+    0.25 s, so some kills land mid-group or mid-write). The last run finishes. The result: every
+    cell exactly once, with the numbers of one uninterrupted in-process run."""
     base = sweep_spec()["base"]
     base["train"]["phases"][0]["steps"] = KILL_SPEC_STEPS
     spec = sweep_spec(base=base, grid={"model.depth": [2, 3], "train.lam": [0.01, 0.001]}, trials=2, max_members=1)
@@ -303,15 +304,21 @@ def test_a_sweep_driver_killed_at_random_points_resumes_to_the_uninterrupted_res
     out = tmp_path / "sw"
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     rng = random.Random(20)
-    for _ in range(5):
+    points = sorted(rng.sample(range(8), 5))
+    finished = []
+    for target in points:
         proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(spec_path), str(out)], env=env)
         started = time.monotonic()
         while not _holds_lock(out, proc.pid) and proc.poll() is None:  # importing torch, expanding the spec
             time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 1.2))
+        while len(SweepStore(out).part_ids()) < target and proc.poll() is None:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert time.monotonic() - started < 60
+        finished.append(len(SweepStore(out).part_ids()))
+    assert finished[0] < 8 and len(set(finished)) > 1, finished  # the kills fell inside the sweep
     result = run_sweep(spec_path, out, progress=False, threads=1)
     assert len(result.runs) == 8 and result.runs.cell_id.is_unique
     assert set(result.runs.cell_id) == {c.cell_id for c in result.cells}
