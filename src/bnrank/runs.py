@@ -74,6 +74,8 @@ def _as_config(config: RunConfig | dict | str | Path, overrides: list[str]) -> R
         config = config.model_dump(mode="json")
     if isinstance(config, dict):
         return validate(RunConfig, override(config, overrides))
+    if not isinstance(config, (str, Path)):
+        raise ConfigError(f"a run config is a RunConfig, a dict or a YAML path, not a {type(config).__name__}")
     return load_run_config(config, overrides)
 
 

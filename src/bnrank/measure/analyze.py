@@ -251,8 +251,8 @@ def _arrays(per_layer: Sequence[Tensor]) -> list[np.ndarray]:
 
 
 def finite_members(net: EnsembleMLP) -> list[bool]:
-    """Per member: whether all its weights and biases are finite."""
-    ok = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in (*net.weights, *net.biases)]).all(0)
+    """Per member: whether all its parameters (each (E, ...)) are finite."""
+    ok = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in net.parameters()]).all(0)
     return ok.tolist()
 
 

@@ -40,9 +40,9 @@ from bnrank.atomic import check_writable
 from bnrank.checkpoint import load_checkpoint
 from bnrank.config import RunConfig
 from bnrank.errors import BnrankError, StoreError, WorkerError
-from bnrank.memory import MemoryEstimate, analyze_estimate, check_memory, task_dims, train_estimate
+from bnrank.memory import MemoryEstimate, analyze_estimate, check_memory, layer_dims, train_estimate
 from bnrank.models import EnsembleMLP
-from bnrank.runs import DTYPES, versions
+from bnrank.runs import DTYPES, resolve_device, versions
 from bnrank.sweep.executors import LocalExecutor
 from bnrank.sweep.grouping import Group, group_cells
 from bnrank.sweep.ray_executor import RayExecutor
@@ -139,7 +139,8 @@ def run_sweep(
     analyze_points = spec.analyze_points if spec.analyze else 0
     if isinstance(executor, LocalExecutor):
         groups = group_cells(cells, spec.max_members, analyze_points, spec.analyze_curvature, spec.batch_coupled)
-        check_memory(sweep_estimate(groups, executor.workers), f"sweep {spec.name}", max_memory)
+        on = "cuda" if any(resolve_device(c.config.device).type == "cuda" for c in cells) else "cpu"
+        check_memory(sweep_estimate(groups, executor.workers), f"sweep {spec.name}", max_memory, on)
     check_writable(out)
     store = SweepStore(out)
     show = sys.stderr.isatty() if progress is None else progress
@@ -179,9 +180,8 @@ def sweep_estimate(groups: list[Group], workers: int) -> MemoryEstimate | None:
         if train is None:
             return None
         if group.analyze_points:
-            d_in, d_out = task_dims(cfg.task)
-            dims = [d_in, *[cfg.model.width] * (cfg.model.depth - 1), d_out]
-            measure = analyze_estimate(group.members, dims, min(group.analyze_points, cfg.task.n_train), group.analyze_curvature)
+            points = min(group.analyze_points, cfg.task.n_train)
+            measure = analyze_estimate(group.members, layer_dims(cfg), points, group.analyze_curvature)
             train = max(train, measure, key=lambda e: e.total)
         estimates.append(train)
     if not estimates:
