@@ -65,17 +65,17 @@ def test_console_script_exit_code(tmp_path):
     assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
 
 
-def test_a_failed_ray_task_is_one_line_and_exit_code_1(tmp_path, monkeypatch):
-    import bnrank.sweep
+def test_a_worker_that_failed_for_good_is_one_line_and_exit_code_1(tmp_path, monkeypatch):
+    from bnrank.errors import WorkerError
+    from bnrank.sweep import LocalExecutor
 
-    WorkerCrashedError = type("WorkerCrashedError", (Exception,), {"__module__": "ray.exceptions"})
+    def crash(self, groups):
+        raise WorkerError("a Ray task failed for good (WorkerCrashedError: worker died)")
+        yield
 
-    def crash(*args, **kwargs):
-        raise WorkerCrashedError("worker died")
-
-    monkeypatch.setattr(bnrank.sweep, "run_sweep", crash)
+    monkeypatch.setattr(LocalExecutor, "map", crash)
     spec = tmp_path / "s.yaml"
-    spec.write_text("grid: {model.depth: [2]}\n")
+    spec.write_text(yaml.safe_dump({"base": {k: v for k, v in tiny_config().items() if k != "members"}, "analyze": False}))
     res = bnrank_cli("sweep", spec, "--out", tmp_path / "sw", "-q")
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()

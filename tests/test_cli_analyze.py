@@ -81,3 +81,40 @@ def test_bad_input_is_one_line_and_exit_code_2(run_dir, tmp_path, args, message)
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_members_are_reported_as_diverged_and_the_others_measured_as_alone(run_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    from bnrank.checkpoint import load_checkpoint, save_checkpoint
+
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    model = load_checkpoint(bad / "checkpoint.safetensors")
+    with torch.no_grad():
+        model.weights[1][0, 0, 0] = float("inf")
+    save_checkpoint(model, bad / "checkpoint.safetensors")
+    res = cli("analyze", bad, "--out", tmp_path / "a")
+    assert res.exit_code == 0, res.stderr
+    assert "members [0] have NaN or inf parameters" in res.stdout
+    network = pd.read_parquet(tmp_path / "a" / "network.parquet")
+    assert network.member.tolist() == [0, 1] and network.diverged.tolist() == [True, False]
+    assert network.loc[0, ["param_norm_sq", "jac_rank", "mse"]].isna().all() and network.loc[0, "depth"] == 3
+    layers = pd.read_parquet(tmp_path / "a" / "layers.parquet")
+    assert set(layers.member) == {1}
+    alone = bnrank.analyze(model.select([1]), bnrank.load_run(run_dir).task.x_train, Y=bnrank.load_run(run_dir).task.y_train,
+                           lam=tiny_config()["train"]["lam"])
+    pd.testing.assert_frame_equal(network.iloc[[1]].drop(columns="member").reset_index(drop=True),
+                                  alone.network.drop(columns="member"), check_dtype=False)
+
+
+def test_complex_inputs_are_refused():
+    from bnrank.models import EnsembleMLP
+
+    net = EnsembleMLP.init(1, [2, 3, 1], seeds=[0])
+    with pytest.raises(bnrank.DataError, match="X holds complex numbers"):
+        bnrank.analyze(net, np.ones((3, 2)) * 1j)
+    with pytest.raises(bnrank.DataError, match="Y holds complex numbers"):
+        bnrank.analyze(net, np.ones((3, 2)), Y=np.ones((3, 1), dtype=complex))

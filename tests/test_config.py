@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from bnrank.config import RunConfig, load_run_config, override, per_member, validate
@@ -59,3 +61,38 @@ def test_yaml_errors(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("members: 2\nmodel: {depth: 4}\n")
     assert load_run_config(good, ["model.width=7"]).model.width == 7
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [("model.depth=true", None, "model.depth: Input should be a valid integer, got true"),
+     ("model.width=8.0", None, "model.width: Input should be a valid integer, got 8.0"),
+     ("model.width='8'", None, "model.width: Input should be a valid integer, got '8'"),
+     ("task.n_train=false", None, "task.n_train: Input should be a valid integer, got false"),
+     ("train.lam=true", None, "train.lam: Input should be a valid number, got true"),
+     ("train.phases=[{lr: '0.1'}]", None, "train.phases.0.lr: Input should be a valid number, got '0.1'")],
+)
+def test_values_are_not_coerced(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_run_config(None, [key])
+
+
+def test_integers_still_fill_float_fields_and_lists_fill_tuples():
+    cfg = load_run_config(None, ["train.lam=1", "model.depth=3", "train.phases=[{betas: [0, 0.5]}]", "task.kind=symmetry",
+                                 "task.axis=[1, 0, 0]"])
+    assert cfg.train.lam == 1.0 and isinstance(cfg.train.lam, float) and cfg.model.depth == 3
+    assert cfg.train.phases[0].betas == (0.0, 0.5) and cfg.task.axis == (1.0, 0.0, 0.0)
+    assert load_run_config(None, []).model_dump(mode="json") == validate(RunConfig, load_run_config(None, []).model_dump(mode="json")).model_dump(mode="json")
+
+
+def test_a_batch_larger_than_the_training_set_is_refused():
+    with pytest.raises(ConfigError, match=re.escape("train.phases.0.batch_size = 33 exceeds task.n_train = 32")):
+        load_run_config(None, ["task.n_train=32", "train.phases=[{optimizer: sgd, batch_size: 33}]"])
+    assert load_run_config(None, ["task.n_train=32", "train.phases=[{optimizer: sgd, batch_size: 32}]"])
+
+
+def test_a_binary_file_is_not_a_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_run_config(path)

@@ -177,9 +177,9 @@ def test_threads_apply_in_process_and_the_callers_setting_is_restored(tmp_path):
 def test_a_directory_holding_another_sweep_is_refused(tmp_path):
     out = tmp_path / "sw"
     run_sweep(spec(grid={"model.depth": [2], "train.lam": [0.01]}), out, progress=False)
-    with pytest.raises(StoreError, match=r"holds a different sweep \(spec differs at grid.train.lam.0\)"):
+    with pytest.raises(StoreError, match=r"holds a different sweep \(spec differs at grid.train.lam.0: 0.01 here, 0.1 in the new spec\)"):
         run_sweep(spec(grid={"model.depth": [2], "train.lam": [0.1]}), out, progress=False)
-    with pytest.raises(StoreError, match="spec differs at base.train.phases.0.steps"):
+    with pytest.raises(StoreError, match="spec differs at base.train.phases.0.steps: 30 here, 3 in the new spec"):
         run_sweep(spec(grid={"model.depth": [2], "train.lam": [0.01]}), out, progress=False, overrides=["train.phases.0.steps=3"])
     with pytest.raises(StoreError, match="resume is off"):
         run_sweep(spec(grid={"model.depth": [2], "train.lam": [0.01]}), out, resume=False, progress=False)
@@ -194,7 +194,7 @@ def test_a_directory_holding_another_sweep_is_refused(tmp_path):
 def test_a_directory_in_use_is_refused(tmp_path):
     s = load_spec(spec())
     with SweepStore(tmp_path / "sw").writing(s):
-        with pytest.raises(StoreError, match="being written by another sweep process"):
+        with pytest.raises(StoreError, match=rf"being written by another sweep driver \(pid {os.getpid()} on host"):
             run_sweep(spec(), tmp_path / "sw", progress=False)
 
 
@@ -270,3 +270,31 @@ def test_pool_workers_exit_when_the_sweep_process_is_killed(tmp_path):
     while alive := {w for w in workers if _alive(w)}:
         assert time.monotonic() < deadline, f"workers {sorted(alive)} outlived the killed sweep"
         time.sleep(0.2)
+
+
+def test_extend_grows_a_sweep_when_every_finished_cell_stays_a_cell(tmp_path):
+    out = tmp_path / "sw"
+    small = spec(grid={"model.depth": [2], "train.lam": [0.01]}, trials=1)
+    first = run_sweep(small, out, progress=False)
+    before = parts_snapshot(out)
+    grown = spec(grid={"model.depth": [2, 3], "train.lam": [0.01]}, trials=2)
+    with pytest.raises(StoreError, match="or --extend to grow this sweep"):
+        run_sweep(grown, out, progress=False)
+    result = run_sweep(grown, out, progress=False, extend=True)
+    assert len(result.runs) == 4 and set(first.runs.cell_id) <= set(result.runs.cell_id)
+    assert {k: v for k, v in parts_snapshot(out).items() if k in before} == before  # finished parts untouched
+    assert len(run_sweep(grown, out, progress=False).runs) == 4  # the stored spec is the grown one
+    with pytest.raises(StoreError, match=r"cannot extend .*: 4 of its finished cells \(e.g. .*\) are not cells of the new spec"):
+        run_sweep(spec(grid={"model.depth": [2], "train.lam": [0.01]}, trials=2, base=spec()["base"] | {"dtype": "float64"}),
+                  out, progress=False, extend=True)
+    assert len(load_sweep(out).runs) == 4
+
+
+def test_cli_extend(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec(trials=1, grid={"model.depth": [2]})))
+    assert cli("sweep", path, "--out", tmp_path / "sw", "-q")[0] == 0
+    code, _, stderr = cli("sweep", path, "--out", tmp_path / "sw", "-q", "--set", "trials=2")
+    assert code == 2 and "holds a different sweep (spec differs at trials: 1 here, 2 in the new spec)" in stderr
+    code, stdout, _ = cli("sweep", path, "--out", tmp_path / "sw", "-q", "--set", "trials=2", "--extend")
+    assert code == 0 and "2/2 cells" in stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from bnrank.atomic import write_with
 from bnrank.errors import ModelError, StoreError
@@ -23,7 +23,18 @@ def save_checkpoint(model: EnsembleModel, path: str | Path) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.tensors().items()}
     meta = {"format": FORMAT, "family": model.kind, "depth": str(model.depth), "members": str(model.members)}
     meta |= model.metadata()
-    return write_with(path, lambda p: save_file(tensors, str(p), metadata=meta))
+    return write_safetensors(path, tensors, meta)
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write `tensors` as a safetensors file, atomically (a failed write raises StoreError)."""
+    return write_with(path, lambda p: _write(p, tensors, metadata))
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Serialize in memory, then write with Python's I/O: a full disk raises OSError (safetensors'
+    own file writer reports it as a SafetensorError)."""
+    path.write_bytes(save(tensors, metadata=metadata))
 
 
 def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: str = "cpu") -> EnsembleModel:

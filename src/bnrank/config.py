@@ -34,7 +34,11 @@ PerMemberNonNegative = Union[NonNegativeFloat, list[NonNegativeFloat]]
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, and values are not coerced: an integer field takes an integer
+    (not ``true``, ``2.0`` or ``"2"``), a float field a number (not a boolean or a string), a
+    boolean field ``true``/``false``. Tuple fields also take lists (YAML has no tuples)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class CompositionTask(StrictModel):
@@ -78,7 +82,7 @@ class SymmetryTask(StrictModel):
     """
 
     kind: Literal["symmetry"] = "symmetry"
-    axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    axis: tuple[float, float, float] = Field((0.0, 0.0, 1.0), strict=False)
     kappa: NonNegativeFloat = 0.5
     step: PositiveFloat = 0.1
     path_length: int = Field(10, gt=0)
@@ -234,7 +238,7 @@ class Phase(StrictModel):
     final_lr_factor: float = Field(0.0, ge=0, le=1)
     warmup_steps: int = Field(0, ge=0)
     momentum: Union[Annotated[float, Field(ge=0, lt=1)], Literal["auto"]] = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), strict=False)
     eps: PositiveFloat = 1e-8
     batch_size: int | None = Field(None, gt=0)
     lam_factor_start: PositiveFloat = 1.0
@@ -308,6 +312,17 @@ class RunConfig(StrictModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _batches_fit(self) -> "RunConfig":
+        n = getattr(self.task, "n_train", None)
+        for i, phase in enumerate(self.train.phases):
+            if n is not None and phase.batch_size is not None and phase.batch_size > n:
+                raise ValueError(
+                    f"train.phases.{i}.batch_size = {phase.batch_size} exceeds task.n_train = {n} "
+                    "(minibatches are drawn from the training set)"
+                )
+        return self
+
     def member_seeds(self) -> list[int]:
         """Initialisation seed of every member."""
         return list(self.seeds) if self.seeds is not None else [self.seed + i for i in range(self.members)]
@@ -328,11 +343,26 @@ def _field_path(loc: tuple) -> str:
     return ".".join(keep)
 
 
+_TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type", "list_type", "dict_type", "tuple_type", "model_type"}
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: YAML spelling for scalars, the type name otherwise."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, (int, float, str)):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return f"a {type(value).__name__}"
+
+
 def _format_validation_error(err: ValidationError) -> str:
     messages: dict[str, str] = {}
     for e in err.errors():
         loc = _field_path(e["loc"])
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        if e["type"] in _TYPE_ERRORS:
+            msg += f", got {_shown(e['input'])}"
         messages.setdefault(loc, msg)
     return "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in messages.items())
 
@@ -353,9 +383,11 @@ def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file; unreadable or malformed files raise ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8), so not a YAML config") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:

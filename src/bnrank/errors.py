@@ -19,3 +19,16 @@ class ModelError(BnrankError):
 
 class StoreError(BnrankError):
     """A run or sweep directory that is missing, incomplete or corrupt."""
+
+
+class WriteError(StoreError):
+    """A file or directory the file system refused to write (read-only, no permission, full)."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+class WorkerError(BnrankError):
+    """A worker running part of a sweep (a Ray task, a pool process) that failed for good; the
+    work finished before it is kept. Not bad input: the CLI exits with code 1."""

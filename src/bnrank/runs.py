@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import bnrank
-from bnrank.atomic import staged_dir
-from bnrank.checkpoint import load_checkpoint, save_checkpoint
+from bnrank.atomic import check_writable, staged_dir
+from bnrank.checkpoint import load_checkpoint, save_checkpoint, write_safetensors
 from bnrank.config import RunConfig, dump_config, load_run_config, override, per_member, read_yaml, validate
 from bnrank.errors import ConfigError, StoreError
+from bnrank.memory import check_memory, train_estimate
 from bnrank.models import EnsembleModel
 from bnrank.pipeline import DTYPES, TrainedEnsemble, train_ensemble
 from bnrank.tasks import TaskData
@@ -70,6 +71,8 @@ def _as_config(config: RunConfig | dict | str | Path, overrides: list[str]) -> R
         config = config.model_dump(mode="json")
     if isinstance(config, dict):
         return validate(RunConfig, override(config, overrides))
+    if not isinstance(config, (str, Path)):
+        raise ConfigError(f"a run config is a RunConfig, a dict or a YAML path, not a {type(config).__name__}")
     return load_run_config(config, overrides)
 
 
@@ -79,18 +82,24 @@ def train(
     overwrite: bool = False,
     progress: bool | None = None,
     overrides: list[str] = (),
+    max_memory: int | None = None,
 ) -> Run:
     """Build the task and ensemble a run config describes, train it, and (if `out`) save it.
 
     `config` is a RunConfig, a dict or a YAML path; `overrides` are ``key=value`` strings.
-    Raises ConfigError / DataError on bad input before any training starts; refuses to replace
+    Raises ConfigError / DataError on bad input before any training starts, ConfigError when
+    the run's estimated memory (bnrank.memory) exceeds `max_memory` bytes or, without it, what
+    the device has available, and StoreError when `out` cannot be written; refuses to replace
     an existing `out` unless `overwrite`.
     """
     cfg = _as_config(config, list(overrides))
     out = Path(out) if out is not None else None
     if out is not None and out.exists() and not overwrite:
         raise StoreError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+    if out is not None:
+        check_writable(out)
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+    check_memory(train_estimate(cfg), f"training {out or 'the run'}", max_memory, device)
     torch.manual_seed(cfg.seed)
     trained = train_ensemble(
         cfg.model, cfg.train, [cfg.task] * cfg.members, cfg.member_seeds(), per_member(cfg.model.init_scale, cfg.members),
@@ -120,7 +129,7 @@ def save_run(run: Run, out: str | Path, overwrite: bool = False) -> Path:
         (stage / "config.yaml").write_text(dump_config(run.config))
         run.metrics.to_parquet(stage / "metrics.parquet", index=False)
         save_checkpoint(run.model, stage / "checkpoint.safetensors")
-        save_file({k: v.contiguous().cpu() for k, v in data.items()}, str(stage / "data.safetensors"), metadata={"task": json.dumps(run.task.metadata)})
+        write_safetensors(stage / "data.safetensors", {k: v.contiguous().cpu() for k, v in data.items()}, {"task": json.dumps(run.task.metadata)})
         (stage / "summary.json").write_text(json.dumps(run.summary, indent=2) + "\n")
     run.path = out
     return out

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from bnrank.atomic import write_parquet
 from bnrank.errors import ConfigError, DataError, ModelError, StoreError
 from bnrank.config import MseReduction
+from bnrank.memory import analyze_estimate, check_memory
 from bnrank.measure.activations import nonlinearity_impact, relative_rank, spectra
 from bnrank.measure.curvature import hessian_top, ntk_top, ntk_trace
 from bnrank.measure.jacobian import default_rtol, input_jacobians, jacobian_rank, jacobian_spectra, log_pdet, schatten
@@ -48,7 +49,7 @@ class Analysis:
 
 
 def analyze(
-    model: EnsembleMLP | nn.Sequential | str | Path,
+    model: EnsembleModel | nn.Sequential | str | Path,
     X=None,
     threshold: float = 0.1,
     Y=None,
@@ -58,6 +59,7 @@ def analyze(
     curvature: bool = False,
     mse_reduction: str | None = None,
     device: torch.device | str | None = None,
+    max_memory: int | None = None,
 ) -> Analysis:
     """Measure weights, representations, input Jacobians and curvature of every member.
 
@@ -82,6 +84,9 @@ def analyze(
     network-sized products each: the slow part, off by default).
     device: where to compute (default: the model's device; a run directory or checkpoint is
     loaded on the CPU).
+    max_memory: bytes the measurement may take; its estimate (bnrank.memory) is checked against
+    it, or without it against the memory the device has available, before the measurement starts
+    (ConfigError when it does not fit).
 
     Everything is computed in float64 on a copy of the parameters, on `device`; the
     SVDs of small matrices run on one CPU thread, the batched products on torch's thread count.
@@ -113,11 +118,19 @@ def analyze(
         schatten_max = max over points of schatten (≤ param_norm_sq);
         ntk_top = λ_max(Θ)/N of the (N·d_out)² NTK Gram matrix (NaN unless curvature);
         hessian_top = λ_max of the Hessian of (1/N)Σ‖f(x_i) − y_i‖² + λ‖θ‖² (NaN without Y or curvature);
-        lam, mse, objective = mse + λ‖θ‖² (NaN without Y).
+        lam, mse, objective = mse + λ‖θ‖² (NaN without Y);
+        diverged: whether the member's parameters hold NaN or inf. Such a member is not
+        measured: it has a network row (member, depth, lam, diverged = True, the rest NaN) and no
+        layers or points rows. When no member is finite, ModelError.
     """
     net, x, y, lams, reduction = _resolve(model, X, Y, lam, mse_reduction, device)
+    widths = [net.d_in] + [op.shape[1] for op in net.operators().values()]
+    check_memory(analyze_estimate(net.members, widths, x.shape[0], curvature), "analyze", max_memory, x.device)
     if curvature:
         net.require(LAYERED_PRODUCT, "analyze's curvature (ntk_top, hessian_top)")
+    finite = finite_members(net)
+    if not all(finite):
+        return _with_diverged(net, finite, x, threshold, y, lams, jac_rtol, curvature, reduction)
     homogeneous, layered = net.has(HOMOGENEOUS), net.has(LAYERED_PRODUCT)
     scale = mse_scale(reduction, net.d_out)
     clock = _Clock()
@@ -235,6 +248,7 @@ def analyze(
             "lam": _np(lam_t),
             "mse": _np(mse),
             "objective": _np(mse + lam_t * norm_sq),
+            "diverged": False,
         })
         clock.lap("assemble")
     return Analysis(layers, points, network, clock.laps)
@@ -271,6 +285,27 @@ def _arrays(per_layer: Sequence[Tensor]) -> list[np.ndarray]:
     """Per-layer (E, m_ℓ) spectra → one float64 array per (member, layer), member-major."""
     host = [_np(s) for s in per_layer]
     return [host[layer][e] for e in range(host[0].shape[0]) for layer in range(len(host))]
+
+
+def finite_members(net: EnsembleModel) -> list[bool]:
+    """Per member: whether all its parameters (each (E, ...)) are finite."""
+    ok = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in net.parameters()]).all(0)
+    return ok.tolist()
+
+
+def _with_diverged(net, finite, x, threshold, y, lams, jac_rtol, curvature, reduction) -> Analysis:
+    """`analyze` of the finite members, renumbered as in `net`, plus a diverged network row for each other one."""
+    keep = [e for e, ok in enumerate(finite) if ok]
+    if not keep:
+        raise ModelError(f"every member ({net.members}) has NaN or inf parameters: nothing to analyze")
+    part = analyze(net.select(keep), x, threshold, y, [lams[e] for e in keep], jac_rtol=jac_rtol, curvature=curvature,
+                   mse_reduction=reduction)
+    for table in (part.layers, part.points, part.network):
+        table["member"] = np.asarray(keep)[table["member"].to_numpy()]
+    bad = [e for e, ok in enumerate(finite) if not ok]
+    rows = pd.DataFrame({"member": bad, "depth": net.depth, "lam": [lams[e] for e in bad], "diverged": True})
+    network = pd.concat([part.network, rows], ignore_index=True).sort_values("member", ignore_index=True)
+    return Analysis(part.layers, part.points, network, part.timings)
 
 
 # -- input resolution -------------------------------------------------------------------------------
@@ -326,6 +361,8 @@ def _load(path: Path, X, Y):
 
 def _matrix(a, name: str, width: int, device) -> Tensor:
     """A finite float64 (N, width) tensor with N ≥ 1, else DataError."""
+    if (a.is_complex() if isinstance(a, Tensor) else np.iscomplexobj(a)):
+        raise DataError(f"{name} holds complex numbers: inputs and targets must be real")
     try:
         t = a.detach() if isinstance(a, Tensor) else torch.as_tensor(np.asarray(a, dtype=np.float64))
     except (TypeError, ValueError) as err:

@@ -36,11 +36,13 @@ from pathlib import Path
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from bnrank.atomic import check_writable
 from bnrank.checkpoint import load_checkpoint
 from bnrank.config import RunConfig
-from bnrank.errors import StoreError
+from bnrank.errors import BnrankError, StoreError, WorkerError
+from bnrank.memory import MemoryEstimate, analyze_estimate, check_memory, layer_dims, train_estimate
 from bnrank.models import EnsembleMLP
-from bnrank.runs import DTYPES, versions
+from bnrank.runs import DTYPES, resolve_device, versions
 from bnrank.sweep.executors import LocalExecutor
 from bnrank.sweep.grouping import Group, group_cells
 from bnrank.sweep.ray_executor import RayExecutor
@@ -105,6 +107,8 @@ def run_sweep(
     progress: bool | None = None,
     overrides: list[str] = (),
     executor=None,
+    extend: bool = False,
+    max_memory: int | None = None,
 ) -> SweepResult:
     """Run (or resume) the sweep `spec` (a SweepSpec, dict or YAML path) into directory `out`.
 
@@ -118,8 +122,13 @@ def run_sweep(
     On an error or Ctrl-C the finished groups are kept and consolidated, then the exception
     propagates; rerunning resumes (with this executor or another). `overrides` are
     ``key=value`` strings (see `load_spec`). `progress=None` shows a bar when stderr is a
-    terminal. Raises ConfigError for a bad spec and StoreError when `out` holds another sweep,
-    is in use, or (with ``resume=False``) already has results.
+    terminal. Raises ConfigError for a bad spec, or when with a LocalExecutor the estimated
+    memory of the largest groups running at once (bnrank.memory) exceeds `max_memory` bytes or,
+    without it, what the machine has available; StoreError when `out` cannot be written, holds
+    another sweep (unless `extend` and its finished cells are all cells of `spec`, which then
+    replaces the stored spec), is being written by another driver, or (with ``resume=False``)
+    already has results; WorkerError when a worker failed for good (a Ray task beyond its
+    retries, a pool process that died).
     """
     spec = load_spec(spec, list(overrides))
     cells = expand(spec)
@@ -127,12 +136,17 @@ def run_sweep(
     executor = executor or LocalExecutor(workers, threads)
     if hasattr(executor, "check"):
         executor.check(cells)
+    analyze_points = spec.analyze_points if spec.analyze else 0
+    if isinstance(executor, LocalExecutor):
+        groups = group_cells(cells, spec.max_members, analyze_points, spec.analyze_curvature, spec.batch_coupled)
+        on = "cuda" if any(resolve_device(c.config.device).type == "cuda" for c in cells) else "cpu"
+        check_memory(sweep_estimate(groups, executor.workers), f"sweep {spec.name}", max_memory, on)
+    check_writable(out)
     store = SweepStore(out)
     show = sys.stderr.isatty() if progress is None else progress
-    with store.writing(spec, resume=resume):
+    with store.writing(spec, resume=resume, extend=extend, cell_ids=set(order)):
         done = store.done_cells()
         todo = [c for c in cells if c.cell_id not in done]
-        analyze_points = spec.analyze_points if spec.analyze else 0
         groups = group_cells(todo, spec.max_members, analyze_points, spec.analyze_curvature, spec.batch_coupled)
         try:
             with _progress(show) as bar, contextlib.closing(executor.map(groups)) as results:
@@ -140,9 +154,39 @@ def run_sweep(
                 for k, result in enumerate(results, start=1):
                     store.write_part(result)
                     bar.update(task, advance=len(result.tables["runs"]), info=f"{k}/{len(groups)} groups")
-        finally:
-            tables = store.consolidate(spec, order, versions())
+        except WorkerError as err:
+            _consolidate_quietly(store, spec, order)
+            raise WorkerError(f"{err}; the finished groups are kept in {out}: rerun to resume") from err
+        except BaseException:
+            _consolidate_quietly(store, spec, order)
+            raise
+        tables = store.consolidate(spec, order, versions())
     return SweepResult(Path(out), spec, cells, **tables)
+
+
+def _consolidate_quietly(store: SweepStore, spec: SweepSpec, order: dict[str, int]) -> None:
+    """Consolidate what finished on the way out of a failed sweep; a failure here (the disk that
+    is full) gives way to the error already raised."""
+    with contextlib.suppress(BnrankError):
+        store.consolidate(spec, order, versions())
+
+
+def sweep_estimate(groups: list[Group], workers: int) -> MemoryEstimate | None:
+    """Memory of the largest group (training, or its analysis if larger) times the groups that run at once."""
+    estimates = []
+    for group in groups:
+        cfg = group.cells[0].config
+        train = train_estimate(cfg, members=group.members)
+        if train is None:
+            return None
+        if group.analyze_points:
+            points = min(group.analyze_points, cfg.task.n_train)
+            measure = analyze_estimate(group.members, layer_dims(cfg), points, group.analyze_curvature)
+            train = max(train, measure, key=lambda e: e.total)
+        estimates.append(train)
+    if not estimates:
+        return None
+    return max(estimates, key=lambda e: e.total).times(min(workers, len(groups)))
 
 
 def load_sweep(path: str | Path) -> SweepResult:

@@ -18,7 +18,8 @@ processes come from a forkserver that has imported bnrank once (spawn where ther
 a fork of a parent whose torch thread pools are running, and only one torch import per pool
 rather than one per worker. As with any non-fork pool, a script that calls it must guard its
 entry point with ``if __name__ == "__main__":``. Workers ignore SIGINT: on Ctrl-C the parent
-stops waiting, terminates them and lets the interrupt propagate (groups in flight are lost).
+stops waiting, terminates them and lets the interrupt propagate (groups in flight are lost);
+a worker that dies (killed, out of memory) raises WorkerError.
 A parent killed outright (SIGKILL) cannot terminate them, so each worker checks every
 `PARENT_CHECK_S` seconds that the process that started the pool is alive and exits when it is
 not, rather than train its group to the end for nobody.
@@ -33,9 +34,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
+from bnrank.errors import WorkerError
 from bnrank.runs import resolve_device
 from bnrank.sweep.grouping import Group
 from bnrank.sweep.spec import Cell
@@ -110,7 +113,11 @@ class LocalExecutor:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    yield future.result()
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        raise WorkerError("a sweep worker process died (killed, or out of memory)") from None
+                    yield result
             finished = True
         finally:
             if not finished:  # interrupted or failed: do not wait for the groups in flight

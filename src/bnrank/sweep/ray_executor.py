@@ -21,7 +21,8 @@ exactly as with the local executor: a sweep can be started with one executor and
 the other. Faults: a task whose worker process dies (killed, out of memory, its node lost) is
 run again by Ray, up to `max_retries` times; its group is yielded once, whichever attempt
 finished it, so every cell is written exactly once. An exception raised by `run_group` itself
-is not retried (it would fail the same way) and propagates as the original exception. When the
+is not retried (it would fail the same way) and propagates as the original exception; a task
+lost for good (retries spent, its object or node lost) raises WorkerError. When the
 driver dies, Ray stops the driver's tasks and the finished groups are in the store: rerunning
 the sweep resumes it. On an error or Ctrl-C in the driver, the tasks still pending are cancelled.
 """
@@ -33,7 +34,7 @@ from types import ModuleType
 
 import torch
 
-from bnrank.errors import ConfigError
+from bnrank.errors import ConfigError, WorkerError
 from bnrank.sweep.grouping import Group
 from bnrank.sweep.spec import Cell
 from bnrank.sweep.work import GroupResult, run_group
@@ -43,6 +44,13 @@ INSTALL_HINT = "pip install 'bnrank[ray]' (or: pip install ray)"
 #: Ray leaves CUDA_VISIBLE_DEVICES alone for a task granted no GPU unless this is set; with it,
 #: such a task sees no GPU and cannot use one that other tasks were granted.
 _HIDE_UNGRANTED_GPUS = {"env_vars": {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}}
+
+
+def _first_line(err: BaseException) -> str:
+    """'TypeName: the first line of its message' (Ray's messages run over many lines)."""
+    lines = str(err).strip().splitlines()
+    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def import_ray() -> ModuleType:
@@ -99,9 +107,9 @@ class RayExecutor:
         if not ray.is_initialized():
             try:
                 ray.init(address=self.address, logging_level="WARNING")
-            except ConnectionError as err:
+            except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
                 where = self.address or "RAY_ADDRESS"
-                raise ConfigError(f"cannot connect to a Ray cluster at {where}: {err}") from None
+                raise ConfigError(f"cannot connect to a Ray cluster at {where}: {_first_line(err)}") from None
         return ray
 
     def check(self, cells: Sequence[Cell]) -> None:
@@ -133,6 +141,8 @@ class RayExecutor:
                     result = ray.get(ready)
                 except ray.exceptions.RayTaskError as err:  # run_group raised: re-raise its exception
                     raise err.cause from None
+                except ray.exceptions.RayError as err:  # the task's worker, object or node is lost for good
+                    raise WorkerError(f"a Ray task failed for good ({_first_line(err)})") from None
                 yield result
         finally:
             for ref in pending:  # interrupted or failed: stop the groups still queued or running

@@ -163,8 +163,10 @@ def load_spec(spec: SweepSpec | dict | str | Path, overrides: list[str] = ()) ->
         data, source = spec.model_dump(mode="json"), "spec"
     elif isinstance(spec, dict):
         data, source = copy.deepcopy(spec), "spec"
-    else:
+    elif isinstance(spec, (str, Path)):
         data, source = read_yaml(spec), str(spec)
+    else:
+        raise ConfigError(f"a sweep spec is a SweepSpec, a dict or a YAML path, not a {type(spec).__name__}")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     data["base"] = _resolve_base(data.get("base"), source)

@@ -1,8 +1,10 @@
 """The sweep directory: finished groups as atomic parts, consolidated into tidy Parquet tables.
 
     DIR/
-      spec.yaml                  the resolved spec (base with every default); written once
-      .lock                      held (flock) by the one process writing DIR
+      spec.yaml                  the resolved spec (base with every default); written once,
+                                 replaced only when a sweep is extended (`writing(extend=True)`)
+      .lock                      held (flock) by the one driver writing DIR, which records its
+                                 PID and host in it
       parts/<group_id>/          one finished group, staged in a temporary sibling and renamed
         runs.parquet               one row per member (cell)
         metrics.parquet            training curves: one row per logged step and member
@@ -15,15 +17,21 @@
 Every table has ``cell_id``, ``group_id`` and ``member`` columns. The parts are the source of
 truth: a part directory exists only once all of its files are complete, so a cell is done
 exactly when a part's runs table lists it, and a killed sweep (even kill -9) loses only its
-groups in flight. Consolidation rewrites each top-level table atomically from the parts and is
+groups in flight. One driver writes DIR at a time: a second one is refused, naming the first
+by PID and host. The kernel releases the flock of a driver that died, so its lock is never
+stale; where the file system has no flock, the record decides: a lock whose PID is dead on
+this host is stale and taken over. Consolidation rewrites each top-level table atomically from the parts and is
 idempotent; `read_tables` falls back to the parts when the consolidated files are stale.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import os
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +41,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from bnrank.atomic import staged_dir, write_json, write_parquet, write_text
+from bnrank.atomic import staged_dir, write_error, write_json, write_parquet, write_text
 from bnrank.checkpoint import save_checkpoint
 from bnrank.config import canonical_dump
 from bnrank.errors import StoreError
@@ -44,12 +52,16 @@ TABLES = BASE_TABLES + ANALYZE_TABLES
 CHECKPOINT = "checkpoint.safetensors"
 
 
-def first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    """Dotted path of the first place two JSON-like values differ (None if equal)."""
+_MISSING = "(absent)"
+
+
+def first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted path, old value, new value) of the first place two JSON-like values differ
+    (None if equal); a key only one side has reads "(absent)" on the other."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in list(old) + [k for k in new if k not in old]:
             if key not in old or key not in new:
-                return f"{path}{key}"
+                return f"{path}{key}", old.get(key, _MISSING), new.get(key, _MISSING)
             found = first_difference(old[key], new[key], f"{path}{key}.")
             if found:
                 return found
@@ -60,7 +72,31 @@ def first_difference(old: Any, new: Any, path: str = "") -> str | None:
             if found:
                 return found
         return None
-    return None if old == new else path.rstrip(".") or "(the whole spec)"
+    return None if old == new else (path.rstrip(".") or "(the whole spec)", old, new)
+
+
+def _describe(diff: tuple[str, Any, Any]) -> str:
+    """'grid.train.lam.0: 0.01 here, 0.1 in the new spec' (long values shortened)."""
+    def short(value: Any) -> str:
+        text = value if value is _MISSING else json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    path, old, new = diff
+    return f"{path}: {short(old)} here, {short(new)} in the new spec"
+
+
+def _owner() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 class SweepStore:
@@ -83,32 +119,80 @@ class SweepStore:
             raise StoreError(f"{self.spec_path}: unreadable sweep spec ({err})") from None
 
     @contextmanager
-    def writing(self, spec: SweepSpec, resume: bool = True) -> Iterator["SweepStore"]:
+    def writing(self, spec: SweepSpec, resume: bool = True, extend: bool = False,
+                cell_ids: set[str] | None = None) -> Iterator["SweepStore"]:
         """Hold DIR's lock while writing; check (or write) its spec; clear dead staging dirs.
 
-        Raises StoreError when another process holds DIR, DIR holds a different sweep (naming
-        the first differing key), DIR is a non-empty directory that is not a sweep, or `resume`
-        is False and DIR already has finished groups.
+        Raises StoreError when another driver holds DIR (naming its PID and host), DIR holds a
+        different sweep (naming the first difference) and `extend` is off, DIR is a non-empty
+        directory that is not a sweep, or `resume` is False and DIR already has finished
+        groups. With `extend`, a different spec replaces the stored one when its cells
+        (`cell_ids`) include every finished cell of DIR.
         """
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} is a file, not a sweep directory")
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as lock:
+        self._check_foreign()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = open(self.root / ".lock", "a+")
+        except OSError as err:
+            raise write_error(self.root, err) from None
+        with lock:
+            self._lock(lock)
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StoreError(f"{self.root} is being written by another sweep process") from None
-            self._check_spec(spec, resume)
-            self._clear_staging()
-            yield self
+                self._check_spec(spec, resume, extend, cell_ids)
+                self._clear_staging()
+                yield self
+            finally:
+                lock.truncate(0)
 
-    def _check_spec(self, spec: SweepSpec, resume: bool) -> None:
+    def _lock(self, lock) -> None:
+        """Take DIR's lock (see the module docstring) and record this driver in it."""
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{self.root} is being written by another sweep driver{self._holder(lock)}") from None
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise write_error(self.root / ".lock", err) from None
+            self._claim_by_record(lock)
+        lock.seek(0)
+        lock.truncate(0)
+        lock.write(json.dumps(_owner()) + "\n")
+        lock.flush()
+
+    def _record(self, lock) -> dict[str, Any]:
+        lock.seek(0)
+        try:
+            record = json.loads(lock.read() or "{}")
+        except ValueError:
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def _holder(self, lock) -> str:
+        """' (pid 123 on host h, since ...)' from the lock's record, or '' without one."""
+        record = self._record(lock)
+        if "pid" not in record:
+            return ""
+        return f" (pid {record['pid']} on host {record.get('host', '?')}, since {record.get('started', '?')})"
+
+    def _claim_by_record(self, lock) -> None:
+        """Without flock: refuse while the recorded driver may be alive, else take the lock over."""
+        record = self._record(lock)
+        pid, host = record.get("pid"), record.get("host")
+        if not isinstance(pid, int) or pid == os.getpid():
+            return
+        if host != socket.gethostname():
+            raise StoreError(f"{self.root} is being written by another sweep driver{self._holder(lock)}: "
+                             f"if it is gone, delete {self.root / '.lock'}")
+        if _alive(pid):
+            raise StoreError(f"{self.root} is being written by another sweep driver{self._holder(lock)}")
+
+    def _check_spec(self, spec: SweepSpec, resume: bool, extend: bool, cell_ids: set[str] | None) -> None:
         stored = self.stored_spec()
         if stored is None:
-            foreign = [p.name for p in self.root.iterdir() if p.name != ".lock"]
-            if foreign:
-                raise StoreError(f"{self.root} is not empty and not a sweep directory (has {foreign[0]})")
-            write_text(self.spec_path, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+            self._check_foreign()
+            self._write_spec(spec)
             return
         if not isinstance(stored, dict):
             raise StoreError(f"{self.spec_path}: not a sweep spec")
@@ -117,10 +201,27 @@ class SweepStore:
         if isinstance(old.get("base"), dict):
             old["base"] = canonical_dump(old["base"])
         diff = first_difference(old, new)
+        if diff is not None and not extend:
+            raise StoreError(f"{self.root} holds a different sweep (spec differs at {_describe(diff)}); "
+                             "use another --out, or --extend to grow this sweep")
         if diff is not None:
-            raise StoreError(f"{self.root} holds a different sweep (spec differs at {diff}); use another --out")
+            lost = sorted(self.done_cells() - (cell_ids or set()))
+            if lost:
+                raise StoreError(f"cannot extend {self.root}: {len(lost)} of its finished cells (e.g. {lost[0]}) are not "
+                                 f"cells of the new spec (spec differs at {_describe(diff)}); use another --out")
+            self._write_spec(spec)
         if not resume and self.part_ids():
             raise StoreError(f"{self.root} already has finished groups (resume is off)")
+
+    def _check_foreign(self) -> None:
+        """StoreError for an existing directory that has files but no spec.yaml (not a sweep)."""
+        if self.root.is_dir() and not self.spec_path.exists():
+            foreign = sorted(p.name for p in self.root.iterdir() if p.name != ".lock")
+            if foreign:
+                raise StoreError(f"{self.root} is not empty and not a sweep directory (has {foreign[0]})")
+
+    def _write_spec(self, spec: SweepSpec) -> None:
+        write_text(self.spec_path, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
     def _clear_staging(self) -> None:
         """Remove staging leftovers of a killed writer (only called under the lock)."""
