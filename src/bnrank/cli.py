@@ -88,23 +88,52 @@ def _executor(kind: str, address: str | None, num_cpus: float | None, num_gpus: 
     return RayExecutor(address, threads=threads, **{k: v for k, v in settings.items() if v is not None})
 
 
+def _columns(value: str | None) -> list[str] | None:
+    """A comma-separated --inputs / --targets list."""
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+InputsOption = Annotated[Optional[str], typer.Option(help="Input columns (.csv/.parquet), column indices (.npy) or array names (.npz/.safetensors, default x), comma-separated.")]
+TargetsOption = Annotated[Optional[str], typer.Option(help="Target columns, column indices or array names (default y for .npz/.safetensors), comma-separated.")]
+
+
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
+    config: Annotated[Optional[Path], typer.Argument(help="Run config (YAML); optional with --data.")] = None,
     set_: SetOption = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory to write (default runs/<config name>).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Train on this data file (.npy, .npz, .csv, .parquet, .safetensors): replaces the config's task.")] = None,
+    test_data: Annotated[Optional[Path], typer.Option(help="Test data file, same format and names as --data.")] = None,
+    inputs: InputsOption = None,
+    targets: TargetsOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory to write (default runs/<config or data file name>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train an ensemble and write a run directory (config, metrics, checkpoint, summary)."""
-    from bnrank.runs import train as train_run
+    """Train an ensemble and write a run directory (config, metrics, checkpoint, summary).
 
-    out = out or Path("runs") / config.stem
+    With --data the task is your data file (task kind `file`; --set task.standardize=both
+    standardizes it), and the config gives the model and training (defaults without one).
+    """
+    from bnrank.config import read_yaml
+    from bnrank.runs import train as train_run
+    from bnrank.tasks.file import task_section
+
+    if config is None and data is None:
+        _fail("pass a run config, or a data file with --data")
+    if data is None and (test_data is not None or inputs is not None or targets is not None):
+        _fail("--test-data, --inputs and --targets go with --data")
+    out = out or Path("runs") / (config or data).stem
     overrides = (set_ or []) + _device_overrides(device, dtype)
     try:
-        run = train_run(config, out=out, overwrite=overwrite, progress=False if quiet else None, overrides=overrides)
+        source = config
+        if data is not None:
+            source = read_yaml(config) if config is not None else {}
+            if not isinstance(source, dict):
+                raise ConfigError(f"{config}: expected a mapping at the top level")
+            source["task"] = task_section(data, test_data, _columns(inputs), _columns(targets))
+        run = train_run(source, out=out, overwrite=overwrite, progress=False if quiet else None, overrides=overrides)
     except BnrankError as err:
         _fail(str(err))
     table = Table(title=f"run {out}  ({run.summary['steps']} steps, {run.summary['wall_time_s']:.1f} s)")

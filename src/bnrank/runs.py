@@ -31,6 +31,7 @@ from bnrank.config import RunConfig, dump_config, load_run_config, override, per
 from bnrank.errors import ConfigError, StoreError
 from bnrank.models import EnsembleMLP
 from bnrank.tasks import TaskData, make_task
+from bnrank.tasks.file import config_with_arrays
 from bnrank.train import fit
 from bnrank.train.objective import mse
 
@@ -82,11 +83,17 @@ def train(
     overwrite: bool = False,
     progress: bool | None = None,
     overrides: list[str] = (),
+    x=None,
+    y=None,
+    x_test=None,
+    y_test=None,
 ) -> Run:
     """Build the task and ensemble a run config describes, train it, and (if `out`) save it.
 
     `config` is a RunConfig, a dict or a YAML path; `overrides` are ``key=value`` strings.
-    Raises ConfigError / DataError on bad input before any training starts; refuses to replace
+    `x` (N, d_in), `y` (N, d_out) and optionally `x_test`, `y_test` (tensors or arrays) train on
+    your own data instead of the config's task (bnrank.tasks.file.config_with_arrays: the run's
+    config records a `file` task with the arrays' sha256). Raises ConfigError / DataError on bad input before any training starts; refuses to replace
     an existing `out` unless `overwrite`.
     """
     cfg = _as_config(config, list(overrides))
@@ -95,7 +102,10 @@ def train(
         raise StoreError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     torch.manual_seed(cfg.seed)
-    task = make_task(cfg.task)
+    if all(a is None for a in (x, y, x_test, y_test)):
+        task = make_task(cfg.task)
+    else:
+        cfg, task = config_with_arrays(cfg, x, y, x_test, y_test)
     dims = [task.d_in] + [cfg.model.width] * (cfg.model.depth - 1) + [task.d_out]
     model = EnsembleMLP.init(
         cfg.members, dims, seeds=cfg.member_seeds(), init_scale=per_member(cfg.model.init_scale, cfg.members),

@@ -112,7 +112,7 @@ def _runs_rows(group: Group, tasks: list[TaskData], result, test_mse: list[float
             "member": e, **{k: _scalar(v) for k, v in cell.values.items()},
             "seed": cfg.seed, "depth": cfg.model.depth, "width": cfg.model.width, "lam": per_member(cfg.train.lam, 1)[0],
             "init_scale": per_member(cfg.model.init_scale, 1)[0], "lr": per_member(cfg.train.phases[0].lr, 1)[0], "task": cfg.task.kind,
-            "task_seed": cfg.task.seed, "n_train": cfg.task.n_train, "d_in": task.d_in, "d_out": task.d_out,
+            "task_seed": getattr(cfg.task, "seed", None), "n_train": task.x_train.shape[0], "d_in": task.d_in, "d_out": task.d_out,
             "true_rank": task.metadata.get("true_rank"),
             "objective": final.objective, "mse": final.mse, "test_mse": test_mse[e],
             "param_norm_sq": final.param_norm_sq, "grad_norm": final.grad_norm, "balance_error": final.balance_error,
