@@ -245,8 +245,10 @@ def sweep(
 
 @app.command()
 def analyze(
-    path: Annotated[Path, typer.Argument(help="Run directory, or a checkpoint (.safetensors) with --data or --task.")],
-    data: Annotated[Optional[Path], typer.Option(help="Inputs X (N, d_in) as a .npy file.")] = None,
+    path: Annotated[Path, typer.Argument(help="Run directory, or a model file with --data or --task: a bnrank checkpoint or a state dict of Linear layers (.safetensors, or .pt saved with torch.save).")],
+    data: Annotated[Optional[Path], typer.Option(help="Data file (.npy, .npz, .csv, .parquet, .safetensors): inputs X, and targets Y where it names them.")] = None,
+    inputs: InputsOption = None,
+    targets: TargetsOption = None,
     task: Annotated[Optional[Path], typer.Option(help="Run config (YAML) whose task gives X, Y and whose train.lam and train.mse_reduction give the objective.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default RUN_DIR/analysis or CHECKPOINT-analysis).")] = None,
     threshold: Annotated[float, typer.Option(min=0, help="Rank threshold on singular values (relative for activations).")] = 0.1,
@@ -254,29 +256,26 @@ def analyze(
     device: Annotated[Literal["cpu", "cuda", "auto"], typer.Option(help="Compute on cpu, cuda or auto (cuda when torch sees a GPU); always in float64.")] = "cpu",
 ) -> None:
     """Measure a trained ensemble: layers/points/network Parquet tables and a weight-spectra figure."""
-    import numpy as np
-
     from bnrank.atomic import write_with
     from bnrank.config import load_run_config
-    from bnrank.errors import DataError
     from bnrank.measure import analyze as run_analysis
     from bnrank.plots import layer_table, network_table, plot_weight_spectra
     from bnrank.runs import resolve_device
     from bnrank.tasks import make_task
+    from bnrank.tasks.file import read_data_file
 
     if data is not None and task is not None:
         _fail("pass at most one of --data and --task")
+    if data is None and (inputs is not None or targets is not None):
+        _fail("--inputs and --targets go with --data")
     if path.is_file() and data is None and task is None:
-        _fail(f"{path} is a checkpoint: pass its inputs with --data X.npy or --task CONFIG")
+        _fail(f"{path} is a model file: pass its inputs with --data FILE or --task CONFIG")
     out = out or (path / "analysis" if path.is_dir() else path.with_name(f"{path.stem}-analysis"))
     try:
         on = resolve_device(device)
         x = y = lam = reduction = None
         if data is not None:
-            try:
-                x = np.load(data, allow_pickle=False)
-            except (OSError, ValueError) as err:
-                raise DataError(f"cannot read --data {data}: {err}") from None
+            x, y = read_data_file(data, _columns(inputs), _columns(targets), need_targets=False)
         elif task is not None:
             cfg = load_run_config(task)
             task_data = make_task(cfg.task)

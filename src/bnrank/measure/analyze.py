@@ -48,7 +48,7 @@ class Analysis:
 
 
 def analyze(
-    model: EnsembleMLP | nn.Sequential | str | Path,
+    model: EnsembleMLP | nn.Module | str | Path,
     X=None,
     threshold: float = 0.1,
     Y=None,
@@ -61,9 +61,11 @@ def analyze(
 ) -> Analysis:
     """Measure weights, representations, input Jacobians and curvature of every member.
 
-    model: an EnsembleMLP; a ``torch.nn.Sequential`` of Linear/ReLU; a run directory (X
-    defaults to its x_train, and then Y to its y_train; λ to its config's train.lam); or a
-    checkpoint file.
+    model: an EnsembleMLP; any ``torch.nn.Module`` with Linear layers (its chain of Linear
+    layers is measured by bnrank.measure.trace, which returns a ModuleAnalysis naming each
+    layer's module and saying what is not measured, and why); a run directory (X defaults to its
+    x_train, and then Y to its y_train; λ to its config's train.lam); or a model file (a bnrank
+    checkpoint or a state dict of Linear layers: bnrank.checkpoint.load_model_file).
     X: inputs (N, d_in), a tensor or array. Y: targets (N, d_out), needed for the Hessian.
     lam: λ of the objective (one value or one per member; default 0, or the run's λ).
     mse_reduction: the objective's fit term, "sum" (1/N)Σ‖f − y‖² or "mean" (that / d_out); see
@@ -107,6 +109,11 @@ def analyze(
         hessian_top = λ_max of the Hessian of (1/N)Σ‖f(x_i) − y_i‖² + λ‖θ‖² (NaN without Y or curvature);
         lam, mse, objective = mse + λ‖θ‖² (NaN without Y).
     """
+    if isinstance(model, nn.Module) and not isinstance(model, EnsembleMLP):
+        from bnrank.measure.trace import analyze_module
+
+        return analyze_module(model, X, threshold, Y, lam, jac_rtol=jac_rtol, curvature=curvature,
+                              mse_reduction=mse_reduction, device=device)
     net, x, y, lams, reduction = _resolve(model, X, Y, lam, mse_reduction, device)
     scale = mse_scale(reduction, net.dims[-1])
     clock = _Clock()
@@ -249,12 +256,10 @@ def _resolve(model, X, Y, lam, reduction, device) -> tuple[EnsembleMLP, Tensor, 
     if isinstance(model, EnsembleMLP):
         to = dict(dtype=MEASURE_DTYPE, device=device)
         net = EnsembleMLP([w.detach().to(**to) for w in model.weights], [b.detach().to(**to) for b in model.biases])
-    elif isinstance(model, nn.Module):
-        net = EnsembleMLP.from_sequential(model, dtype=MEASURE_DTYPE).to(device)
     else:
         raise ModelError(
-            f"cannot analyze a {type(model).__name__}: pass an EnsembleMLP, a torch.nn.Sequential of "
-            "Linear and ReLU, or the path of a run directory or checkpoint"
+            f"cannot analyze a {type(model).__name__}: pass an EnsembleMLP, a torch.nn.Module with Linear "
+            "layers, or the path of a run directory or model file"
         )
     device = net.weights[0].device
     if X is None:
@@ -273,8 +278,8 @@ def _resolve(model, X, Y, lam, reduction, device) -> tuple[EnsembleMLP, Tensor, 
 
 def _load(path: Path, X, Y):
     """(model, X, Y, λ, mse reduction) from a run directory (its training data, λ and reduction
-    unless given) or a checkpoint (λ and reduction None)."""
-    from bnrank.checkpoint import load_checkpoint
+    unless given) or a model file (λ and reduction None)."""
+    from bnrank.checkpoint import load_model_file
     from bnrank.runs import load_run
 
     if path.is_dir():
@@ -284,7 +289,7 @@ def _load(path: Path, X, Y):
             Y = run.task.y_train if Y is None else Y
         return run.model, X, Y, run.config.train.lam, run.config.train.mse_reduction
     if path.is_file():
-        return load_checkpoint(path, dtype=MEASURE_DTYPE), X, Y, None, None
+        return load_model_file(path, dtype=MEASURE_DTYPE), X, Y, None, None
     raise StoreError(f"no run directory or checkpoint at {path}")
 
 
