@@ -71,8 +71,8 @@ def mlp_from_state_dict(tensors: dict[str, torch.Tensor], source: str, natural_o
         b = layers[prefix].get("bias", torch.zeros(w.shape[0], dtype=w.dtype))
         if b.shape != (w.shape[0],):
             raise ModelError(f"{source}: tensor {name}bias has shape {tuple(b.shape)}, but {name}weight has {w.shape[0]} rows")
-        if weights and w.shape[1] != weights[-1].shape[1]:
-            raise ModelError(f"{source}: tensor {name}weight takes {w.shape[1]} inputs but the layer before it gives {weights[-1].shape[1]}")
+        if weights and w.shape[1] != weights[-1].shape[0]:
+            raise ModelError(f"{source}: tensor {name}weight takes {w.shape[1]} inputs but the layer before it gives {weights[-1].shape[0]}")
         if not (w.is_floating_point() and b.is_floating_point()):
             raise ModelError(f"{source}: tensor {name}weight is not floating point ({w.dtype})")
         weights.append(w)
