@@ -71,7 +71,7 @@ def test_a_custom_mlp_and_its_sequential_twin_give_identical_tables(cls, data):
     assert len(got.unsupported) == traced_by_hooks
 
 
-def test_a_tanh_module_gets_spectra_jacobians_and_the_reason(data):
+def test_a_tanh_module_gets_spectra_jacobians_and_the_reason(data, tmp_path):
     torch.manual_seed(2)
     net = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).double()
     x, y = data
@@ -99,6 +99,16 @@ def test_a_tanh_module_gets_spectra_jacobians_and_the_reason(data):
     (row,) = res.unsupported.itertuples()
     assert row.module == "0" and "Tanh between 0 and 2 is not positively homogeneous" in row.reason
     assert "budget" in row.quantities and "hessian_top" in row.quantities
+
+    written = res.to_parquet(tmp_path / "out")
+    assert set(written) == {"layers", "points", "network", "modules", "unsupported"}
+    pd.testing.assert_frame_equal(pd.read_parquet(written["unsupported"]), res.unsupported)
+    pd.testing.assert_frame_equal(pd.read_parquet(written["modules"]), res.modules)
+
+
+def test_a_lone_linear_layer_is_a_chain_of_one(data):
+    lin = nn.Linear(3, 2)
+    _frames_equal(analyze(lin, data[0]), analyze(nn.Sequential(lin), data[0]))
 
 
 class Mixed(nn.Module):

@@ -282,7 +282,8 @@ def _homogeneous_note(layer: ChainLayer, after: ChainLayer) -> str:
 
 def analyze_module(module: nn.Module, X, threshold: float = 0.1, Y=None, lam=None, *, jac_rtol: float | None = None,
                    curvature: bool = False, mse_reduction: str | None = None, device=None) -> ModuleAnalysis:
-    """bnrank.analyze of any nn.Module (arguments as there): its Linear chain measured on X."""
+    """bnrank.analyze of any nn.Module (arguments as there): its Linear chain measured on X, on
+    a float64 copy in eval mode (a lone nn.Linear is the chain of one layer "0")."""
     if X is None:
         raise DataError("analyze needs inputs X for an nn.Module")
     try:
@@ -291,7 +292,11 @@ def analyze_module(module: nn.Module, X, threshold: float = 0.1, Y=None, lam=Non
         raise DataError(f"X is not a numeric array: {err}") from None
     if device is None:
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    net_module = copy.deepcopy(module).to(device=device, dtype=MEASURE_DTYPE).eval()
+    try:
+        net_module = copy.deepcopy(nn.Sequential(module) if isinstance(module, nn.Linear) else module)
+    except Exception as err:  # deepcopy fails on some attributes (open files, locks, ...)
+        raise ModelError(f"cannot copy the {type(module).__name__} to measure it in float64 ({type(err).__name__}: {err})") from None
+    net_module = net_module.to(device=device, dtype=MEASURE_DTYPE).eval()
     x = x.to(device=device, dtype=MEASURE_DTYPE)
     if x.dim() == 0 or x.shape[0] == 0 or not torch.isfinite(x).all():
         raise DataError(f"X must hold N ≥ 1 finite rows, got shape {tuple(x.shape)}")
