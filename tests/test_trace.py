@@ -213,3 +213,17 @@ def test_cli_analyze_a_state_dict_with_a_data_file(tmp_path, data):
     code, _, err = cli("analyze", tmp_path / "bad.safetensors", "--data", tmp_path / "d.npz", "--out", tmp_path / "b")
     one_line_error(code, err, "tensor 1.weight takes 5 inputs but the layer before it gives 4")
     assert not (tmp_path / "b").exists()
+
+
+class Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.fc(x)))
+
+
+def test_shared_weights_are_a_model_error(data):
+    with pytest.raises(ModelError, match="fc is called more than once"):
+        analyze(Shared(), data[0])

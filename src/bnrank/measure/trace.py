@@ -185,6 +185,10 @@ def _fx_chain(gm) -> Chain:
             chain.append(links[chain[-1]][0])
         chains.append(chain)
     best = max(chains, key=len)
+    targets = [node.target for node in best]
+    if len(set(targets)) != len(targets):
+        shared = next(t for t in targets if targets.count(t) > 1)
+        raise ModelError(f"{shared} is called more than once (shared weights): not a chain of Linear layers")
     layers = []
     for node in best:
         activation, slope = links[node][1] if node in links else (None, None)
