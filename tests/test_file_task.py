@@ -160,9 +160,14 @@ def test_bad_data_files_are_one_line_exit_2_and_nothing_written(tmp_path):
 def test_cli_train_with_data_and_test_data(tmp_path):
     train, test = _write(tmp_path / "tr.csv", X, Y), _write(tmp_path / "te.csv", X_TEST, Y_TEST)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("model: {depth: 3, width: 6}\ntrain: {log_every: 5, phases: [{steps: 10}]}\n")
+    cfg.write_text("model: {depth: 3, width: 6}\ntrain: {log_every: 5, phases: [{steps: 10}]}\n"
+                   "task: {kind: file, train: elsewhere.csv, standardize: inputs}\n")
     code, out, err = cli("train", cfg, "--data", train, "--test-data", test, "--targets", "t1,t2", "--inputs", "a,b,c",
-                         "--set", "task.standardize=both", "--out", tmp_path / "run", "-q")
+                         "--out", tmp_path / "run", "-q")
+    assert code == 0, err
+    assert bnrank.load_run(tmp_path / "run").config.task.standardize == "inputs"  # kept from the config
+    code, out, err = cli("train", cfg, "--data", train, "--test-data", test, "--targets", "t1,t2", "--inputs", "a,b,c",
+                         "--set", "task.standardize=both", "--out", tmp_path / "run", "--overwrite", "-q")
     assert code == 0, err
     run = bnrank.load_run(tmp_path / "run")
     assert run.config.task.sha256 == data_sha256(X, Y, X_TEST, Y_TEST) and run.task.x_test.shape == (5, 3)

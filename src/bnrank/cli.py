@@ -114,11 +114,12 @@ def train(
     """Train an ensemble and write a run directory (config, metrics, checkpoint, summary).
 
     With --data the task is your data file (task kind `file`; --set task.standardize=both
-    standardizes it), and the config gives the model and training (defaults without one).
+    standardizes it, as does a config's file task), and the config gives the model and training
+    (defaults without one).
     """
     from bnrank.config import read_yaml
     from bnrank.runs import train as train_run
-    from bnrank.tasks.file import task_section
+    from bnrank.tasks.file import with_data_files
 
     if config is None and data is None:
         _fail("pass a run config, or a data file with --data")
@@ -129,10 +130,8 @@ def train(
     try:
         source = config
         if data is not None:
-            source = read_yaml(config) if config is not None else {}
-            if not isinstance(source, dict):
-                raise ConfigError(f"{config}: expected a mapping at the top level")
-            source["task"] = task_section(data, test_data, _columns(inputs), _columns(targets))
+            base = read_yaml(config) if config is not None else {}
+            source = with_data_files(base, data, test_data, _columns(inputs), _columns(targets), source=str(config))
         run = train_run(source, out=out, overwrite=overwrite, progress=False if quiet else None, overrides=overrides)
     except BnrankError as err:
         _fail(str(err))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -308,9 +309,15 @@ def config_with_arrays(cfg, x, y, x_test=None, y_test=None):
     return cfg.model_copy(update={"task": new_task}), task
 
 
-def task_section(train: str | Path, test: str | Path | None = None, inputs: list[str] | None = None,
-                 targets: list[str] | None = None) -> dict:
-    """The ``task`` section of a run config for data files (what ``bnrank train --data`` sets)."""
-    section = {"kind": "file", "train": str(train)}
-    extra = {"test": str(test) if test is not None else None, "inputs": inputs, "targets": targets}
-    return section | {key: value for key, value in extra.items() if value is not None}
+def with_data_files(config: Any, train: str | Path, test: str | Path | None = None, inputs: list[str] | None = None,
+                    targets: list[str] | None = None, source: str = "config") -> dict:
+    """A run config dict whose task is the given data files (what ``bnrank train --data`` trains
+    on): the config's task replaced, keeping `standardize` of a file task."""
+    config = {} if config is None else config
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    old = config.get("task")
+    kept = {"standardize": old["standardize"]} if isinstance(old, dict) and old.get("kind") == "file" and "standardize" in old else {}
+    given = {"test": None if test is None else str(test), "inputs": inputs, "targets": targets}
+    task = {"kind": "file", "train": str(train), **kept, **{k: v for k, v in given.items() if v is not None}}
+    return {**config, "task": task}
