@@ -143,6 +143,7 @@ def _bad_files(tmp):
         (tmp / "complex.npz", [], "complex numbers"),
         (tmp / "cols.csv", ["--targets", "t,u"], "no column 'u'"),
         (tmp / "cols.csv", [], "name the target columns"),
+        (tmp / "cols.csv", ["--targets", "t", "--inputs", "a,t"], "column 't' is both an input and a target"),
         (tmp / "three.npy", ["--targets", "0"], "expected a 2-d array"),
         (tmp / "data.txt", [], "unknown data format '.txt'"),
         (tmp / "missing.npz", [], "no such file"),
@@ -194,3 +195,15 @@ def test_a_sweep_over_a_file_task_resumes_and_refuses_changed_data(tmp_path):
 def test_cli_train_needs_a_config_or_data():
     code, _, err = cli("train")
     one_line_error(code, err, "pass a run config, or a data file with --data")
+
+
+def test_cli_analyze_a_run_on_a_data_file(tmp_path):
+    run = bnrank.train(TINY, x=X, y=Y, out=tmp_path / "run", progress=False)
+    data = _write(tmp_path / "d.csv", X[:7], Y[:7])
+    code, _, err = cli("analyze", tmp_path / "run", "--data", data, "--targets", "t1,t2", "--out", tmp_path / "a")
+    assert code == 0, err
+    network = pd.read_parquet(tmp_path / "a" / "network.parquet")
+    want = bnrank.analyze(run.model, X[:7], Y=Y[:7], lam=run.config.train.lam).network
+    pd.testing.assert_frame_equal(network, want)
+    code, _, err = cli("analyze", tmp_path / "run", "--targets", "t1")
+    one_line_error(code, err, "--inputs and --targets go with --data")

@@ -43,7 +43,7 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
-def _read(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+def _read(path: Path) -> dict[str, np.ndarray]:
     """The file's columns or arrays by name, in file order (a .npy array's columns by index)."""
     suffix = _suffix(path)
     if not path.is_file():
@@ -75,7 +75,7 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
         raise DataError(f"{path}: not a valid {suffix} file ({reason})") from None
     if not parts:
         raise DataError(f"{path}: no arrays or columns")
-    return parts, list(parts)
+    return parts
 
 
 def _names(path: Path, columns: list[str], names: list | None, role: str, other: list[str]) -> list[str]:
@@ -114,7 +114,8 @@ def read_data_file(path: str | Path, inputs: list | None = None, targets: list |
     array ``y``) gives y = None.
     """
     path = Path(path)
-    parts, columns = _read(path)
+    parts = _read(path)
+    columns = list(parts)
     suffix = path.suffix.lower()
     if not need_targets and targets is None and (suffix not in NAMED_ARRAYS or "y" not in parts):
         target_keys = []
@@ -127,6 +128,8 @@ def read_data_file(path: str | Path, inputs: list | None = None, targets: list |
             raise DataError(f"{path}: no {what[:-1]} {key!r} (the file has {what} {', '.join(columns[:12])})")
     if not input_keys:
         raise DataError(f"{path}: no input columns left besides the targets")
+    if both := [key for key in input_keys if key in target_keys]:
+        raise DataError(f"{path}: {what[:-1]} {both[0]!r} is both an input and a target")
     x = _side_by_side(path, parts, input_keys, "x")
     y = _side_by_side(path, parts, target_keys, "y") if target_keys else None
     return check_arrays(x, y, str(path))
