@@ -16,6 +16,7 @@ RNG = np.random.default_rng(0)
 X = RNG.normal(size=(24, 3))
 Y = np.c_[2 * X[:, :1], np.abs(X[:, 1:2])]
 X_TEST, Y_TEST = X[:5] + 1, Y[:5] - 1
+EMPTY = (np.empty((0, 3)), np.empty((0, 2)))
 TINY = {"model": {"depth": 3, "width": 6}, "train": {"log_every": 5, "phases": [{"steps": 10, "lr": 0.01}]}}
 
 
@@ -207,3 +208,11 @@ def test_cli_analyze_a_run_on_a_data_file(tmp_path):
     pd.testing.assert_frame_equal(network, want)
     code, _, err = cli("analyze", tmp_path / "run", "--targets", "t1")
     one_line_error(code, err, "--inputs and --targets go with --data")
+
+
+def test_a_sweep_over_several_files_takes_each_files_hash(tmp_path):
+    a, b = _write(tmp_path / "a.npz", X, Y), _write(tmp_path / "b.npz", X, 2 * Y)
+    spec = {"name": "files", "base": {**TINY, "task": {"kind": "file", "train": str(a)}}, "analyze": False,
+            "cases": [{"task.train": str(path), "task.sha256": None} for path in (a, b)]}
+    cells = bnrank.sweep.expand(bnrank.sweep.load_spec(spec))
+    assert [c.config.task.sha256 for c in cells] == [data_sha256(X, Y, *EMPTY), data_sha256(X, 2 * Y, *EMPTY)]

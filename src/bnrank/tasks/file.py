@@ -277,7 +277,7 @@ def file_task(cfg) -> TaskData:
         raise DataError(
             f"{cfg.train}: the data changed since the config was resolved (sha256 {sha[:12]}... , the config "
             f"records {cfg.sha256[:12]}...): a run or sweep of the old data cannot continue with it; "
-            f"set task.sha256: null to use the new data"
+            f"set task.sha256: null to use the new data (in a sweep over several files: next to each task.train)"
         )
     return task
 
