@@ -100,13 +100,12 @@ def load_model_file(path: str | Path, dtype: torch.dtype | None = None, device: 
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle, zip and torch errors of many types
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelError(f"{path}: not a state dict torch.load(weights_only=True) can read ({reason}); "
-                             "save model.state_dict() with torch.save") from None
+            raise ModelError(f"{path}: torch.load(weights_only=True) cannot read it ({type(err).__name__}: a whole pickled "
+                             "model, other Python objects, or not a torch file); save model.state_dict() with torch.save") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None) if isinstance(state, dict) else None
             what = f"entry {bad!r} is a {type(state[bad]).__name__}" if bad is not None else f"it holds a {type(state).__name__}"
-            raise ModelError(f"{path}: not a state dict of tensors ({what})")
+            raise ModelError(f"{path}: not a state dict of tensors ({what}); save the state dict itself with torch.save")
         net = mlp_from_state_dict(state, str(path))
     net = net.to(device)
     return net if dtype is None else net.to(dtype)
