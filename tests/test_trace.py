@@ -227,3 +227,21 @@ class Shared(nn.Module):
 def test_shared_weights_are_a_model_error(data):
     with pytest.raises(ModelError, match="fc is called more than once"):
         analyze(Shared(), data[0])
+
+
+class _Touch:
+    """Unpickling this would create a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_pickle_with_code_in_it_is_refused_without_running_it(tmp_path, data):
+    marker = tmp_path / "ran"
+    torch.save({"0.weight": torch.zeros(2, 3), "trap": _Touch(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ModelError, match="weights_only=True"):
+        analyze(tmp_path / "evil.pt", data[0])
+    assert not marker.exists()
