@@ -245,3 +245,24 @@ def test_a_pickle_with_code_in_it_is_refused_without_running_it(tmp_path, data):
     with pytest.raises(ModelError, match="weights_only=True"):
         analyze(tmp_path / "evil.pt", data[0])
     assert not marker.exists()
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.b(torch.relu(self.a(x)))
+        h = h + self.c(torch.relu(h))
+        return self.d(h)
+
+
+def test_a_skip_connection_ends_the_chain_and_is_reported(data):
+    res = analyze(Residual(), data[0])
+    assert list(res.modules.module) == ["a", "b"]
+    assert dict(zip(res.unsupported.module, res.unsupported.reason)) == {
+        "b": "its output feeds 2 ops (relu, add): the chain ends here",
+        "c": "not in the analysed chain (the longest one)",
+        "d": "not in the analysed chain (the longest one)",
+    }

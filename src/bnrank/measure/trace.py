@@ -162,7 +162,8 @@ def _fx_chain(gm) -> Chain:
             users = list(cur.users)
             if len(users) != 1:
                 if len(users) > 1:
-                    notes[node] = f"its output feeds {len(users)} ops ({', '.join(_describe(gm, u) for u in users)}): the chain ends here"
+                    after = f" after {', '.join(_describe(gm, op) for op in ops)}" if ops else ""
+                    notes[node] = f"its output{after} feeds {len(users)} ops ({', '.join(_describe(gm, u) for u in users)}): the chain ends here"
                 break
             user = users[0]
             if user.op == "output":
