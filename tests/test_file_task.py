@@ -104,7 +104,9 @@ def test_arrays_given_to_train_record_the_same_hash_as_a_file(tmp_path):
                        x_test=X_TEST, y_test=Y_TEST, progress=False)
     assert run.config.task.sha256 == data_sha256(X, Y, X_TEST, Y_TEST) and run.config.task.train is None
     assert run.config.task.standardize == "inputs" and run.summary["task"]["input_std"] == X.std(0, ddof=1).tolist()
-    assert bnrank.train(TINY, x=X, y=Y, progress=False).task.x_test.shape == (0, 3)
+    saved = bnrank.train(TINY, x=X, y=Y, out=tmp_path / "run", progress=False)
+    assert saved.task.x_test.shape == (0, 3)
+    assert bnrank.load_run(tmp_path / "run").config.task == saved.config.task
     with pytest.raises(DataError, match="train data: y is integer-typed"):
         bnrank.train(TINY, x=X, y=np.ones((24, 1), dtype=np.int64), progress=False)
     with pytest.raises(DataError, match="x has 24 rows but y has 23"):
