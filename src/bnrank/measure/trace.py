@@ -21,7 +21,6 @@ module's prefix, if any, maps X to them; the chain's output is its last layer's 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
