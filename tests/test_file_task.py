@@ -195,6 +195,15 @@ def test_a_sweep_over_a_file_task_resumes_and_refuses_changed_data(tmp_path):
         bnrank.run_sweep(spec, tmp_path / "sweep", progress=False)
 
 
+def test_cli_train_with_data_alone_takes_the_defaults_and_their_keys(tmp_path):
+    data = _write(tmp_path / "d.npz", X, Y)
+    code, _, err = cli("train", "--data", data, "--set", "train.phases.0.steps=5", "--set", "model.width=4",
+                       "--set", "task.n_train=12", "--out", tmp_path / "run", "-q")
+    assert code == 0, err
+    run = bnrank.load_run(tmp_path / "run")
+    assert run.summary["steps"] == 5 and run.model.dims[1] == 4 and run.task.x_train.shape == (12, 3)
+
+
 def test_cli_train_needs_a_config_or_data():
     code, _, err = cli("train")
     one_line_error(code, err, "pass a run config, or a data file with --data")
@@ -218,3 +227,16 @@ def test_a_sweep_over_several_files_takes_each_files_hash(tmp_path):
             "cases": [{"task.train": str(path), "task.sha256": None} for path in (a, b)]}
     cells = bnrank.sweep.expand(bnrank.sweep.load_spec(spec))
     assert [c.config.task.sha256 for c in cells] == [data_sha256(X, Y, *EMPTY), data_sha256(X, 2 * Y, *EMPTY)]
+
+
+def test_n_train_and_n_test_take_the_first_rows_and_the_hash_is_of_them(tmp_path):
+    cfg = validate(RunConfig, {"task": _task(tmp_path, ".parquet", n_train=10, n_test=50)})
+    task = bnrank.make_task(cfg.task)
+    np.testing.assert_array_equal(task.x_train.numpy(), X[:10])
+    np.testing.assert_array_equal(task.y_test.numpy(), Y_TEST)  # the test file has only 5 rows
+    assert cfg.task.sha256 == data_sha256(X[:10], Y[:10], X_TEST, Y_TEST)
+    assert (task.metadata["n_train"], task.metadata["n_test"]) == (10, 5)
+    run = bnrank.train({**TINY, "task": {"kind": "file", "n_train": 7}}, x=X, y=Y, progress=False)
+    assert run.task.x_train.shape == (7, 3) and run.config.task.sha256 == data_sha256(X[:7], Y[:7], *EMPTY)
+    with pytest.raises(ConfigError, match="task.n_train: Input should be greater than 0"):
+        validate(RunConfig, {"task": _task(tmp_path, ".npz", n_train=0)})

@@ -130,7 +130,7 @@ def train(
     try:
         source = config
         if data is not None:
-            base = read_yaml(config) if config is not None else {}
+            base = read_yaml(config) if config is not None else None
             source = with_data_files(base, data, test_data, _columns(inputs), _columns(targets), source=str(config))
         run = train_run(source, out=out, overwrite=overwrite, progress=False if quiet else None, overrides=overrides)
     except BnrankError as err:

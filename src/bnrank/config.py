@@ -162,7 +162,8 @@ class FileTask(StrictModel):
     `inputs` / `targets` name what x and y are made of, placed side by side as columns: array
     names in a .npz or .safetensors file (default ``x`` and ``y``; an array is (N,) or (N, d)),
     column names of a .csv or .parquet file, column indices of a 2-d .npy array (targets must be
-    named there; inputs default to every other column). `standardize` centres and scales inputs,
+    named there; inputs default to every other column). `n_train` / `n_test` take at most that
+    many rows from the start of each file (default: all). `standardize` centres and scales inputs,
     targets or both per column with the training set's mean and std (recorded in the run's task
     metadata). `sha256` is the hash of the data's float64 arrays, filled in when the config is
     validated, so a resolved config (and a sweep cell's id) names its data by content; a file
@@ -174,6 +175,8 @@ class FileTask(StrictModel):
     test: str | None = None
     inputs: list[Union[int, str]] | None = None
     targets: list[Union[int, str]] | None = None
+    n_train: int | None = Field(None, gt=0)
+    n_test: int | None = Field(None, ge=0)
     standardize: Standardize = "none"
     sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$")
 
@@ -190,7 +193,9 @@ class FileTask(StrictModel):
             from bnrank.tasks.file import file_sha256
 
             names = {key: cls._names(data.get(key)) for key in ("inputs", "targets")}
-            data = {**data, "sha256": file_sha256(data["train"], data.get("test"), **names)}
+            rows = {key: n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+                    for key in ("n_train", "n_test") if (n := data.get(key)) is not None}
+            data = {**data, "sha256": file_sha256(data["train"], data.get("test"), **names, **rows)}
         return data
 
 

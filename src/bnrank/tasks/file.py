@@ -208,11 +208,15 @@ def data_sha256(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
     return digest.hexdigest()
 
 
-def _splits(train: str, test: str | None, inputs, targets) -> tuple[np.ndarray, ...]:
+def _splits(train: str, test: str | None, inputs, targets, n_train: int | None = None,
+            n_test: int | None = None) -> tuple[np.ndarray, ...]:
+    """(x_train, y_train, x_test, y_test) of the files: at most the first n_train / n_test rows."""
     x, y = read_data_file(train, inputs, targets)
+    x, y = x[:n_train], y[:n_train]
     if test is None:
         return x, y, np.empty((0, x.shape[1])), np.empty((0, y.shape[1]))
     x_test, y_test = read_data_file(test, inputs, targets)
+    x_test, y_test = x_test[:n_test], y_test[:n_test]
     if x_test.shape[1] != x.shape[1] or y_test.shape[1] != y.shape[1]:
         raise DataError(
             f"{test}: test data has d_in = {x_test.shape[1]}, d_out = {y_test.shape[1]} but the training "
@@ -231,12 +235,13 @@ def _stat(path: str | None) -> tuple:
     return (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
 
 
-def file_sha256(train: str, test: str | None = None, inputs=None, targets=None) -> str:
+def file_sha256(train: str, test: str | None = None, inputs=None, targets=None, n_train: int | None = None,
+                n_test: int | None = None) -> str:
     """`data_sha256` of the task the files give (remembered per file version, so validating a
     config many times reads its files once)."""
-    key = (_stat(train), _stat(test), repr(inputs), repr(targets))
+    key = (_stat(train), _stat(test), repr(inputs), repr(targets), n_train, n_test)
     if key not in _hash_cache:  # a file that cannot be read raises here, and nothing is kept
-        _hash_cache[key] = data_sha256(*_splits(train, test, inputs, targets))
+        _hash_cache[key] = data_sha256(*_splits(train, test, inputs, targets, n_train, n_test))
     return _hash_cache[key]
 
 
@@ -270,8 +275,9 @@ def file_task(cfg) -> TaskData:
     if cfg.train is None:
         given = f" (the arrays with sha256 {cfg.sha256[:12]}... were given to bnrank.train)" if cfg.sha256 else ""
         raise DataError(f"task kind 'file' has no train file{given}: set task.train, or pass x and y to bnrank.train")
-    splits = _splits(cfg.train, cfg.test, cfg.inputs, cfg.targets)
-    meta = {"train": cfg.train, "test": cfg.test, "inputs": cfg.inputs, "targets": cfg.targets}
+    splits = _splits(cfg.train, cfg.test, cfg.inputs, cfg.targets, cfg.n_train, cfg.n_test)
+    meta = {"train": cfg.train, "test": cfg.test, "inputs": cfg.inputs, "targets": cfg.targets,
+            "n_train": splits[0].shape[0], "n_test": splits[2].shape[0]}
     sha, task = arrays_task(*splits, standardize=cfg.standardize, metadata=meta)
     if cfg.sha256 is not None and sha != cfg.sha256:
         raise DataError(
@@ -296,11 +302,14 @@ def config_with_arrays(cfg, x, y, x_test=None, y_test=None):
         raise DataError("bnrank.train needs both x and y (and x_test with y_test, or neither)")
     if (x_test is None) != (y_test is None):
         raise DataError("bnrank.train needs x_test and y_test together")
+    n_train, n_test = (task_cfg.n_train, task_cfg.n_test) if task_cfg.kind == "file" else (None, None)
     x, y = check_arrays(x, y, "train data")
+    x, y = x[:n_train], y[:n_train]
     if x_test is None:
         x_test, y_test = np.empty((0, x.shape[1])), np.empty((0, y.shape[1]))
     else:
         x_test, y_test = check_arrays(x_test, y_test, "test data")
+        x_test, y_test = x_test[:n_test], y_test[:n_test]
         if x_test.shape[1] != x.shape[1] or y_test.shape[1] != y.shape[1]:
             raise DataError(
                 f"test data: x_test, y_test have {x_test.shape[1]} and {y_test.shape[1]} columns but x, y "
@@ -308,15 +317,18 @@ def config_with_arrays(cfg, x, y, x_test=None, y_test=None):
             )
     standardize = task_cfg.standardize if task_cfg.kind == "file" else "none"
     sha, task = arrays_task(x, y, x_test, y_test, standardize=standardize)
-    new_task = FileTask(standardize=standardize, sha256=sha)
+    new_task = FileTask(standardize=standardize, n_train=n_train, n_test=n_test, sha256=sha)
     return cfg.model_copy(update={"task": new_task}), task
 
 
 def with_data_files(config: Any, train: str | Path, test: str | Path | None = None, inputs: list[str] | None = None,
                     targets: list[str] | None = None, source: str = "config") -> dict:
     """A run config dict whose task is the given data files (what ``bnrank train --data`` trains
-    on): the config's task replaced, keeping `standardize` of a file task."""
-    config = {} if config is None else config
+    on): the config's task replaced, keeping `standardize` of a file task. Without a config
+    (None) every default is written out, so ``--set train.phases.0.steps=...`` finds its key."""
+    from bnrank.config import RunConfig
+
+    config = RunConfig().model_dump(mode="json") if config is None else config
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     old = config.get("task")
