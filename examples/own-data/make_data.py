@@ -28,8 +28,8 @@ def make(n: int, rng: np.random.Generator, coef: np.ndarray) -> pd.DataFrame:
 def main() -> None:
     rng = np.random.default_rng(0)
     coef = rng.normal(size=(3, 8))
-    make(400, rng, coef).to_csv(HERE / "train.csv", index=False)
-    make(200, rng, coef).to_csv(HERE / "test.csv", index=False)
+    make(400, rng, coef).to_csv(HERE / "train.csv", index=False, float_format="%.6g")
+    make(200, rng, coef).to_csv(HERE / "test.csv", index=False, float_format="%.6g")
     print(f"wrote {HERE / 'train.csv'} (400 rows) and {HERE / 'test.csv'} (200 rows): inputs x1..x10, targets y1..y8")
 
 

@@ -4,7 +4,7 @@ A custom nn.Module MLP is trained on examples/own-data/train.csv with Adam and w
 its state dict saved to examples/own-data/model.pt, and analyzed two ways: the module itself
 (its Linear layers are found by tracing and named by their module paths) and the saved state
 dict, which `bnrank analyze examples/own-data/model.pt --data examples/own-data/train.csv
---targets y1,...,y8` reads the same way. Run make_data.py first.
+--targets y1,...,y8` reads the same way (make_data.py writes the data).
 
     python examples/own-data/own_model.py
 """
