@@ -69,7 +69,7 @@ def test_analyze_checkpoint_with_data_and_task(run_dir, tmp_path):
         (["{tmp}/nowhere"], "no run directory or checkpoint"),
         (["{ckpt}"], "pass its inputs with --data"),
         (["{ckpt}", "--data", "{tmp}/bad.npy"], "X must have shape (N, 5)"),
-        (["{ckpt}", "--data", "{tmp}/missing.npy"], "cannot read --data"),
+        (["{ckpt}", "--data", "{tmp}/missing.npy"], "missing.npy: no such file"),
         (["{run}", "--data", "{tmp}/bad.npy", "--task", "{tmp}/c.yaml"], "at most one of --data and --task"),
     ],
 )

@@ -2,11 +2,13 @@
 
 Public API:
     train(config, out=None)      train an ensemble from a run config, optionally save a run dir
+    train(config, x=, y=)        ... on your own arrays (or a config task of kind `file`)
     load_run(path)               read a run directory back (model, config, task, metrics)
     EnsembleMLP                  E stacked ReLU MLPs; to_sequential / from_sequential
     fit(model, x, y, train_cfg)  the trainer on your own data
     RunConfig, load_run_config   validated configs
     analyze(model, X)            every quantity of the theory: layers / points / network DataFrames
+                                 (model: an EnsembleMLP, any nn.Module with Linear layers, a file)
     linear_cost, linear_expansion, fit_depth_expansion   closed forms and the depth fit
     run_sweep(spec, out)         a grid × seeds sweep, batched into ensembles, resumable
     load_sweep(path)             a sweep directory's tables (runs, metrics, layers, points, network)

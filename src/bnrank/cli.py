@@ -168,24 +168,52 @@ def sweep_options(command: Callable) -> Callable:
     return wrapper
 
 
+def _columns(value: str | None) -> list[str] | None:
+    """A comma-separated --inputs / --targets list."""
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+InputsOption = Annotated[Optional[str], typer.Option(help="Input columns (.csv/.parquet), column indices (.npy) or array names (.npz/.safetensors, default x), comma-separated.")]
+TargetsOption = Annotated[Optional[str], typer.Option(help="Target columns, column indices or array names (default y for .npz/.safetensors), comma-separated.")]
+
+
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
+    config: Annotated[Optional[Path], typer.Argument(help="Run config (YAML); optional with --data.")] = None,
     set_: SetOption = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory to write (default runs/<config name>).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Train on this data file (.npy, .npz, .csv, .parquet, .safetensors): replaces the config's task.")] = None,
+    test_data: Annotated[Optional[Path], typer.Option(help="Test data file, same format and names as --data.")] = None,
+    inputs: InputsOption = None,
+    targets: TargetsOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory to write (default runs/<config or data file name>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     max_memory: MaxMemoryOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Train an ensemble and write a run directory (config, metrics, checkpoint, summary)."""
-    from bnrank.runs import train as train_run
+    """Train an ensemble and write a run directory (config, metrics, checkpoint, summary).
 
-    out = out or Path("runs") / config.stem
+    With --data the task is your data file (task kind `file`; --set task.standardize=both
+    standardizes it, as does a config's file task), and the config gives the model and training
+    (defaults without one).
+    """
+    from bnrank.config import read_yaml
+    from bnrank.runs import train as train_run
+    from bnrank.tasks.file import with_data_files
+
+    if config is None and data is None:
+        _fail("pass a run config, or a data file with --data")
+    if data is None and (test_data is not None or inputs is not None or targets is not None):
+        _fail("--test-data, --inputs and --targets go with --data")
+    out = out or Path("runs") / (config or data).stem
     overrides = (set_ or []) + _device_overrides(device, dtype)
     try:
-        run = train_run(config, out=out, overwrite=overwrite, progress=False if quiet else None, overrides=overrides,
+        source = config
+        if data is not None:
+            base = read_yaml(config) if config is not None else None
+            source = with_data_files(base, data, test_data, _columns(inputs), _columns(targets), source=str(config))
+        run = train_run(source, out=out, overwrite=overwrite, progress=False if quiet else None, overrides=overrides,
                         max_memory=_max_memory(max_memory))
     except BnrankError as err:
         _fail(str(err))
@@ -285,26 +313,12 @@ def sweep(
     )
 
 
-def _read_inputs(data: Path):
-    """The array of a .npy file (no pickles), else DataError."""
-    import numpy as np
-
-    from bnrank.errors import DataError
-
-    try:
-        x = np.load(data, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"cannot read --data {data}: {err}") from None
-    if not isinstance(x, np.ndarray):
-        x.close()
-        raise DataError(f"--data {data} holds several arrays (.npz): pass one (N, d_in) array as .npy")
-    return x
-
-
 @app.command()
 def analyze(
-    path: Annotated[Path, typer.Argument(help="Run directory, or a checkpoint (.safetensors) with --data or --task.")],
-    data: Annotated[Optional[Path], typer.Option(help="Inputs X (N, d_in) as a .npy file.")] = None,
+    path: Annotated[Path, typer.Argument(help="Run directory, or a model file with --data or --task: a bnrank checkpoint or a state dict of Linear layers (.safetensors, or .pt saved with torch.save).")],
+    data: Annotated[Optional[Path], typer.Option(help="Data file (.npy, .npz, .csv, .parquet, .safetensors): inputs X, and targets Y where it names them.")] = None,
+    inputs: InputsOption = None,
+    targets: TargetsOption = None,
     task: Annotated[Optional[Path], typer.Option(help="Run config (YAML) whose task gives X, Y and whose train.lam and train.mse_reduction give the objective.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default RUN_DIR/analysis or CHECKPOINT-analysis).")] = None,
     threshold: Annotated[float, typer.Option(min=0, help="Rank threshold on singular values (relative for activations).")] = 0.1,
@@ -323,11 +337,14 @@ def analyze(
     from bnrank.plots import layer_table, network_table, plot_weight_spectra
     from bnrank.runs import resolve_device
     from bnrank.tasks import make_task
+    from bnrank.tasks.file import read_data_file
 
     if data is not None and task is not None:
         _fail("pass at most one of --data and --task")
+    if data is None and (inputs is not None or targets is not None):
+        _fail("--inputs and --targets go with --data")
     if path.is_file() and data is None and task is None:
-        _fail(f"{path} is a checkpoint: pass its inputs with --data X.npy or --task CONFIG")
+        _fail(f"{path} is a model file: pass its inputs with --data FILE or --task CONFIG")
     out = out or (path / "analysis" if path.is_dir() else path.with_name(f"{path.stem}-analysis"))
     try:
         limit = _max_memory(max_memory)
@@ -335,7 +352,7 @@ def analyze(
         on = resolve_device(device)
         x = y = lam = reduction = None
         if data is not None:
-            x = _read_inputs(data)
+            x, y = read_data_file(data, _columns(inputs), _columns(targets), need_targets=False)
         elif task is not None:
             cfg = load_run_config(task)
             task_data = make_task(cfg.task)

@@ -156,6 +156,53 @@ class MaternCompositionTask(StrictModel):
         return self
 
 
+Standardize = Literal["none", "inputs", "targets", "both"]
+
+
+class FileTask(StrictModel):
+    """Your own data (bnrank.tasks.file): a `train` file and an optional `test` file of one format,
+    .npy, .npz, .csv, .parquet or .safetensors (paths relative to the working directory).
+
+    `inputs` / `targets` name what x and y are made of, placed side by side as columns: array
+    names in a .npz or .safetensors file (default ``x`` and ``y``; an array is (N,) or (N, d)),
+    column names of a .csv or .parquet file, column indices of a 2-d .npy array (targets must be
+    named there; inputs default to every other column). `n_train` / `n_test` take at most that
+    many rows from the start of each file (default: all). `standardize` centres and scales inputs,
+    targets or both per column with the training set's mean and std (recorded in the run's task
+    metadata). `sha256` is the hash of the data's float64 arrays, filled in when the config is
+    validated, so a resolved config (and a sweep cell's id) names its data by content; a file
+    whose data no longer has that hash is refused when the task is built.
+    """
+
+    kind: Literal["file"] = "file"
+    train: str | None = None
+    test: str | None = None
+    inputs: list[Union[int, str]] | None = None
+    targets: list[Union[int, str]] | None = None
+    n_train: int | None = Field(None, gt=0)
+    n_test: int | None = Field(None, ge=0)
+    standardize: Standardize = "none"
+    sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$")
+
+    @field_validator("inputs", "targets", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, int)) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hash(cls, data: Any) -> Any:
+        """Fill in `sha256` from the files (reading them: a bad file raises DataError)."""
+        if isinstance(data, dict) and isinstance(data.get("train"), str) and data.get("sha256") is None:
+            from bnrank.tasks.file import file_sha256
+
+            names = {key: cls._names(data.get(key)) for key in ("inputs", "targets")}
+            rows = {key: n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+                    for key in ("n_train", "n_test") if (n := data.get(key)) is not None}
+            data = {**data, "sha256": file_sha256(data["train"], data.get("test"), **names, **rows)}
+        return data
+
+
 def _task_kind(value: Any) -> Any:
     """The task's `kind`; a mapping without one is a composition task (the default kind)."""
     return value.get("kind", "composition") if isinstance(value, dict) else getattr(value, "kind", None)
@@ -166,13 +213,14 @@ TaskConfig = Annotated[
         Annotated[CompositionTask, Tag("composition")],
         Annotated[SymmetryTask, Tag("symmetry")],
         Annotated[MaternCompositionTask, Tag("matern-composition")],
+        Annotated[FileTask, Tag("file")],
     ],
     Discriminator(
         _task_kind, custom_error_type="task_kind",
-        custom_error_message="kind must be 'composition', 'symmetry' or 'matern-composition'",
+        custom_error_message="kind must be 'composition', 'symmetry', 'matern-composition' or 'file'",
     ),
 ]
-_TASK_KINDS = {"composition", "symmetry", "matern-composition"}
+_TASK_KINDS = {"composition", "symmetry", "matern-composition", "file"}
 
 
 class MlpConfig(StrictModel):

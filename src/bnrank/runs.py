@@ -32,7 +32,8 @@ from bnrank.errors import ConfigError, StoreError
 from bnrank.memory import check_memory, train_estimate
 from bnrank.models import EnsembleModel
 from bnrank.pipeline import DTYPES, TrainedEnsemble, train_ensemble
-from bnrank.tasks import TaskData
+from bnrank.tasks import TaskData, make_task
+from bnrank.tasks.file import config_with_arrays
 
 
 @dataclass
@@ -83,10 +84,18 @@ def train(
     progress: bool | None = None,
     overrides: list[str] = (),
     max_memory: int | None = None,
+    x=None,
+    y=None,
+    x_test=None,
+    y_test=None,
 ) -> Run:
     """Build the task and ensemble a run config describes, train it, and (if `out`) save it.
 
     `config` is a RunConfig, a dict or a YAML path; `overrides` are ``key=value`` strings.
+    `x` (N, d_in), `y` (N, d_out) and optionally `x_test`, `y_test` (tensors or arrays) train on
+    your own data instead of the config's task (bnrank.tasks.file.config_with_arrays: the run's
+    config records a `file` task with the arrays' sha256).
+
     Raises ConfigError / DataError on bad input before any training starts, ConfigError when
     the run's estimated memory (bnrank.memory) exceeds `max_memory` bytes or, without it, what
     the device has available, and StoreError when `out` cannot be written; refuses to replace
@@ -101,9 +110,14 @@ def train(
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     check_memory(train_estimate(cfg), f"training {out or 'the run'}", max_memory, device)
     torch.manual_seed(cfg.seed)
+    if all(a is None for a in (x, y, x_test, y_test)):
+        task = make_task(cfg.task)
+    else:
+        cfg, task = config_with_arrays(cfg, x, y, x_test, y_test)
+    tasks = ([task] * cfg.members, {"task": list(range(cfg.members))})
     trained = train_ensemble(
         cfg.model, cfg.train, [cfg.task] * cfg.members, cfg.member_seeds(), per_member(cfg.model.init_scale, cfg.members),
-        per_member(cfg.train.lam, cfg.members), device, dtype, seed=cfg.seed, progress=progress,
+        per_member(cfg.train.lam, cfg.members), device, dtype, seed=cfg.seed, progress=progress, tasks=tasks,
     )
     run = Run(cfg, trained.model, trained.tasks[0], trained.result.metrics, _summary(cfg, trained, device), None)
     if out is not None:

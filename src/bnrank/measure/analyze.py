@@ -49,7 +49,7 @@ class Analysis:
 
 
 def analyze(
-    model: EnsembleModel | nn.Sequential | str | Path,
+    model: EnsembleModel | nn.Module | str | Path,
     X=None,
     threshold: float = 0.1,
     Y=None,
@@ -68,10 +68,12 @@ def analyze(
     capability the family lacks (HOMOGENEOUS: balance_error, budget, schatten and the budget
     bounds) are NaN, and `curvature` needs LAYERED_PRODUCT.
 
-    model: an ensemble of any model family (an EnsembleModel, e.g. EnsembleMLP); a
-    ``torch.nn.Sequential`` of Linear/ReLU; a run directory (X
-    defaults to its x_train, and then Y to its y_train; λ to its config's train.lam); or a
-    checkpoint file.
+    model: an ensemble of any model family (an EnsembleModel, e.g. EnsembleMLP); any
+    ``torch.nn.Module`` with Linear layers (its chain of Linear layers is measured by
+    bnrank.measure.trace, which returns a ModuleAnalysis naming each layer's module and saying
+    what is not measured, and why); a run directory (X defaults to its x_train, and then Y to its
+    y_train; λ to its config's train.lam); or a model file (a bnrank checkpoint or a state dict
+    of Linear layers: bnrank.checkpoint.load_model_file).
     X: inputs (N, d_in), a tensor or array. Y: targets (N, d_out), needed for the Hessian.
     lam: λ of the objective (one value or one per member; default 0, or the run's λ).
     mse_reduction: the objective's fit term, "sum" (1/N)Σ‖f − y‖² or "mean" (that / d_out); see
@@ -123,6 +125,11 @@ def analyze(
         measured: it has a network row (member, depth, lam, diverged = True, the rest NaN) and no
         layers or points rows. When no member is finite, ModelError.
     """
+    if isinstance(model, nn.Module) and not isinstance(model, EnsembleModel):
+        from bnrank.measure.trace import analyze_module
+
+        return analyze_module(model, X, threshold, Y, lam, jac_rtol=jac_rtol, curvature=curvature,
+                              mse_reduction=mse_reduction, device=device)
     net, x, y, lams, reduction = _resolve(model, X, Y, lam, mse_reduction, device)
     widths = [net.d_in] + [op.shape[1] for op in net.operators().values()]
     check_memory(analyze_estimate(net.members, widths, x.shape[0], curvature), "analyze", max_memory, x.device)
@@ -320,12 +327,10 @@ def _resolve(model, X, Y, lam, reduction, device) -> tuple[EnsembleModel, Tensor
     if isinstance(model, EnsembleModel):
         to = dict(dtype=MEASURE_DTYPE, device=device or model.reference.device)
         net = type(model).from_tensors({k: v.detach().to(**to) for k, v in model.tensors().items()}, model.metadata())
-    elif isinstance(model, nn.Module):
-        net = EnsembleMLP.from_sequential(model, dtype=MEASURE_DTYPE).to(device)
     else:
         raise ModelError(
-            f"cannot analyze a {type(model).__name__}: pass an ensemble of a bnrank model family, a torch.nn.Sequential "
-            "of Linear and ReLU, or the path of a run directory or checkpoint"
+            f"cannot analyze a {type(model).__name__}: pass an ensemble of a bnrank model family, a torch.nn.Module "
+            "with Linear layers, or the path of a run directory or model file"
         )
     device = net.reference.device
     if X is None:
@@ -344,8 +349,8 @@ def _resolve(model, X, Y, lam, reduction, device) -> tuple[EnsembleModel, Tensor
 
 def _load(path: Path, X, Y):
     """(model, X, Y, λ, mse reduction) from a run directory (its training data, λ and reduction
-    unless given) or a checkpoint (λ and reduction None)."""
-    from bnrank.checkpoint import load_checkpoint
+    unless given) or a model file (λ and reduction None)."""
+    from bnrank.checkpoint import load_model_file
     from bnrank.runs import load_run
 
     if path.is_dir():
@@ -355,7 +360,7 @@ def _load(path: Path, X, Y):
             Y = run.task.y_train if Y is None else Y
         return run.model, X, Y, run.config.train.lam, run.config.train.mse_reduction
     if path.is_file():
-        return load_checkpoint(path, dtype=MEASURE_DTYPE), X, Y, None, None
+        return load_model_file(path, dtype=MEASURE_DTYPE), X, Y, None, None
     raise StoreError(f"no run directory or checkpoint at {path}")
 
 

@@ -70,7 +70,7 @@ def _runs_rows(group: Group, trained: TrainedEnsemble) -> pd.DataFrame:
             "member": e, **{k: _scalar(v) for k, v in cell.values.items()},
             "seed": cfg.seed, "depth": cfg.model.depth, "width": cfg.model.width, "lam": member["lam"],
             "init_scale": member["init_scale"], "lr": per_member(cfg.train.phases[0].lr, 1)[0], "task": cfg.task.kind,
-            "task_seed": cfg.task.seed, "n_train": cfg.task.n_train, "d_in": task.d_in, "d_out": task.d_out,
+            "task_seed": getattr(cfg.task, "seed", None), "n_train": task.x_train.shape[0], "d_in": task.d_in, "d_out": task.d_out,
             "true_rank": task.metadata.get("true_rank"),
             **{k: v for k, v in member.items() if k not in ("member", "seed", "lam", "init_scale")},
             "steps": trained.result.steps, "train_time_s": trained.result.wall_time,

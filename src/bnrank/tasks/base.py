@@ -52,8 +52,10 @@ def check_xy(x: Tensor, y: Tensor, name: str = "data") -> None:
 def make_task(cfg) -> TaskData:
     """Build the task a validated task config describes."""
     from bnrank.tasks.composition import composition_task
+    from bnrank.tasks.file import file_task
     from bnrank.tasks.matern import matern_composition_task
     from bnrank.tasks.symmetry import symmetry_task
 
-    builders = {"composition": composition_task, "symmetry": symmetry_task, "matern-composition": matern_composition_task}
+    builders = {"composition": composition_task, "symmetry": symmetry_task, "matern-composition": matern_composition_task,
+                "file": file_task}
     return builders[cfg.kind](cfg)
