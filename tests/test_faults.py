@@ -88,6 +88,8 @@ CASES = [
     ("bad-yaml", ["train", "{t}/c.yaml"], "not valid YAML", {"c.yaml": "model: {depth: [1,\n"}),
     ("list-config", ["train", "{t}/c.yaml"], "expected a mapping", {"c.yaml": "- 1\n- 2\n"}),
     ("unknown-key", ["train", "{t}/c.yaml"], "model.widht: unknown key", {"c.yaml": config({"model.widht": 3})}),
+    ("unknown-model-kind", ["train", "{t}/c.yaml"], "model: kind must be 'mlp'", {"c.yaml": config({"model.kind": "cnn"})}),
+    ("bad-activation", ["train", "{t}/c.yaml"], "model.activation: Input should be 'relu' or 'linear'", {"c.yaml": config({"model.activation": "tanh"})}),
     ("depth-true", ["train", "{t}/c.yaml"], "model.depth: Input should be a valid integer, got true", {"c.yaml": config({"model.depth": True})}),
     ("width-float", ["train", "{t}/c.yaml"], "model.width: Input should be a valid integer, got 8.0", {"c.yaml": config({"model.width": 8.0})}),
     ("width-string", ["train", "{t}/c.yaml"], "got '8'", {"c.yaml": config({"model.width": "8"})}),
