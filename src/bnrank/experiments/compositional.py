@@ -15,7 +15,7 @@ at every λ of its grid and the λ of lowest validation error is kept (LAMBDA_RU
 The nets train through the sweep engine (``out/sweep``, resumable, local workers or Ray): one
 sweep case per (method, pair, N, λ), the task seeds as its grid. Kernel ridge and the nets'
 validation and test errors and fibre collapse are computed here, one cached JSON file per KRR
-cell and per net (``out/cache``, written atomically), so an interrupted run resumes where it
+cell and per net (``out/cache/krr``, ``out/cache/nets``, written atomically), so an interrupted run resumes where it
 stopped. Then writes into `out`:
 
     scaling.png/.svg    test error against N (log-log), one panel per (ν_g, ν_h), with the fitted
@@ -191,14 +191,14 @@ def sweep_spec(p: Preset) -> dict:
                                   "task.nu_h": nu_h, "model.depth": depth, "model.width": width,
                                   "model.init_scale": default_init_scale(depth), "train.lam": lam,
                                   "train.phases": train["phases"]})
-    stop = default_train_config(p.deep_depth, max(p.net_lams), adam_steps=p.steps[0], descent_steps=p.steps[1],
-                                polish_steps=p.steps[2]).model_dump(mode="json")
+    recipe = default_train_config(p.deep_depth, max(p.net_lams), adam_steps=p.steps[0], descent_steps=p.steps[1],
+                                  polish_steps=p.steps[2]).model_dump(mode="json")
     return {
         "name": "compositional-scaling",
         "base": {
             "seed": p.init_seed, "device": p.device,
             "task": task_config(p, p.sizes[0], *p.nus[0], p.seeds[0]),
-            "train": {"log_every": stop["log_every"], "stop": stop["stop"]},
+            "train": {"log_every": recipe["log_every"], "stop": recipe["stop"]},
         },
         "cases": cases,
         "grid": {"task.seed": list(p.seeds)},
@@ -415,7 +415,9 @@ def evaluate(p: Preset, result: SweepResult, cache: Path) -> tuple[pd.DataFrame,
                         rows.append({**base, "method": f"krr-{kernel_nu:g}", "lam": lam, "val_error": v, "test_error": t, "cell_id": None})
                 for cell in by_task.get(_digest(config), []):
                     depth = cell.config.model.depth
-                    rec = _cached(cache / "nets" / f"{cell.cell_id}.json",
+                    key = _digest({"cell": cell.cell_id, "n_val": n_val(p, n), "analyze_points": p.analyze_points,
+                                   "near_fraction": p.near_fraction})
+                    rec = _cached(cache / "nets" / f"{key}.json",
                                   lambda: net_cell(p, *tasks.get(config), result.model(cell.cell_id), depth))
                     method = "shallow" if depth == 2 else "deep"
                     nets[cell.cell_id] = rec

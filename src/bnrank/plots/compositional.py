@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from bnrank.measure.scaling import PowerLawFit
 
@@ -48,6 +49,9 @@ def plot_scaling(selected: pd.DataFrame, exponents: pd.DataFrame, methods: list[
             ax.plot(mean.index, mean.to_numpy(), color=color, marker="o", markersize=3, linewidth=1.2, label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        sizes = sorted(here["n"].unique())
+        ax.set_xticks(sizes, [str(int(n)) for n in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(_pair_label(nu_g, nu_h), fontsize=10)
         ax.set_xlabel("N (training points)")
         ax.set_ylabel("test error (mean sq., y standardized)")
