@@ -146,8 +146,14 @@ def sample_matern_composition(cfg, gen: torch.Generator | None = None) -> tuple[
 
 def matern_composition_task(cfg) -> TaskData:
     """Generate the task a `MaternCompositionTask` config describes (deterministic in cfg.seed)."""
+    return matern_composition_draw(cfg)[0]
+
+
+def matern_composition_draw(cfg) -> tuple[TaskData, Tensor]:
+    """The task of `matern_composition_task` and g(x) on its rows (n_train + n_test, rank),
+    float64, training rows first: the inner function the target factors through."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    x, _, y, jitters = sample_matern_composition(cfg, gen)
+    x, g, y, jitters = sample_matern_composition(cfg, gen)
     y_train, y_test = y[: cfg.n_train], y[cfg.n_train :]
     mean, std = y_train.mean(0), y_train.std(0).clamp_min(1e-12)
     y_train, y_test = (y_train - mean) / std, (y_test - mean) / std
@@ -158,4 +164,4 @@ def matern_composition_task(cfg) -> TaskData:
         "kind": "matern-composition", "true_rank": cfg.rank, "nu_g": cfg.nu_g, "nu_h": cfg.nu_h,
         "length_g": cfg.length_g, "length_h": cfg.length_h, "inputs": cfg.inputs, **jitters,
     }
-    return TaskData(x[: cfg.n_train], y_train, x[cfg.n_train :], y_test, meta)
+    return TaskData(x[: cfg.n_train], y_train, x[cfg.n_train :], y_test, meta), g
