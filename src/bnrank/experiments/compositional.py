@@ -1,4 +1,4 @@
-"""Compositional scaling laws: test error against N on f* = h∘g (Jacot, Choi & Wen 2024; theory.md §6).
+"""Compositional scaling laws: test error against N on f* = h∘g (Jacot, Choi & Wen 2024; docs/theory.md §6).
 
     bnrank reproduce compositional-scaling [--preset quick|paper] [--out DIR]
 
@@ -64,10 +64,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from bnrank.atomic import write_json, write_parquet, write_with
+from bnrank.atomic import write_json
 from bnrank.config import MaternCompositionTask, validate
 from bnrank.errors import ConfigError, DataError
 from bnrank.experiments import resolve_preset
+from bnrank.experiments.output import print_checks, write_outputs
 from bnrank.measure.fibres import fibre_collapse
 from bnrank.measure.kernel_ridge import fit_kernel_ridge, median_distance
 from bnrank.measure.scaling import fit_power_law
@@ -559,14 +560,8 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
         "evaluation_time_s": evaluated - swept,
     }
     figures = {"scaling": plot_scaling(selected, exponents, methods), "rates": plot_rates(exponents, predicted, methods)}
-    for name, fig in figures.items():
-        for ext in ("png", "svg"):
-            write_with(out / f"{name}.{ext}", lambda path, fig=fig, ext=ext: fig.savefig(path, format=ext, dpi=150))
-    write_parquet(out / "errors.parquet", errors)
-    write_parquet(out / "exponents.parquet", exponents)
-    write_parquet(out / "bottleneck.parquet", bottleneck)
     summary["wall_time_s"] = time.perf_counter() - start
-    write_json(out / "summary.json", summary)
+    write_outputs(out, summary, figures, {"errors": errors, "exponents": exponents, "bottleneck": bottleneck})
     _print_tables(summary, out)
     return summary
 
@@ -592,7 +587,6 @@ def _print_tables(summary: dict, out: Path) -> None:
         console.print(f"  {b['method']:8s} ν_g={b['nu_g']:g} ν_h={b['nu_h']:g} N={last['n']}: W_mid ranks {last['mid_ranks']} "
                       f"(k = {b['true_rank']}), α_mid ranks {last['mid_preact_ranks']}, fibre collapse "
                       f"{_fmt(last['mid_collapse_median'], None)} (g itself {_fmt(last['g_collapse_median'], None)})")
-    for c in summary["checks"]:
-        console.print(f"  {'PASS' if c['held'] else 'FAIL'}  {c['name']}: {json.dumps(c['value'])}")
+    print_checks(console, [(f"{c['name']}: {json.dumps(c['value'])}", c["held"]) for c in summary["checks"]])
     console.print(f"time {summary['wall_time_s']:.0f} s (sweep {summary['sweep_time_s']:.0f} s), {summary['n_networks']} networks "
                   f"({summary['n_diverged']} diverged)")
