@@ -1,0 +1,200 @@
+"""A certificate per network: is it at a local minimum of its regularized objective?
+
+Everything is computed in float64 at the given parameters θ (all P weights and biases of one
+network, flattened), for the objective C(θ) = fit(θ) + λ‖θ‖² (bnrank.train.objective):
+
+- ``rel_grad`` = ‖∇C‖ / (‖∇fit‖ + ‖2λθ‖). At a critical point the two terms cancel
+  (∇fit = −2λθ), so this is 0 there and at most 1 anywhere; it is scale-free. With the
+  smallest curvature of the penalty 2λ, a gradient ‖∇C‖ = ε·2λ‖θ‖ puts the objective within about
+  ε²·λ‖θ‖² of a minimum of the local quadratic model, i.e. a relative gap of ~ε² of the penalty.
+- ``balance_error``: neuron balancedness (bnrank.train.rebalance; 0 at any critical point).
+- ``hessian_max`` and ``hessian_min``: largest and smallest eigenvalues of the Hessian of C
+  (ReLU's second derivative read as 0: the Hessian of the net with its activation pattern held),
+  by Lanczos (scipy's eigsh) on Hessian-vector products (autograd double backward on the
+  objective of the flat θ, so any differentiable model family works). hessian_max comes first
+  (relative tolerance LANCZOS_TOL); hessian_min is the largest eigenvalue of the shifted operator
+  σI − H with σ = hessian_max, whose residual tolerance is then an absolute one on hessian_min:
+  MIN_EIG_TOL_FACTOR · neg_tol. A Ritz value is the Rayleigh quotient of a vector, so a
+  hessian_min below −neg_tol proves negative curvature even when Lanczos stops early.
+
+Verdict, in this order (`verdict`, with `reason`):
+
+- ``not_converged``: θ or the objective is not finite, λ ≤ 0 (no regularized minimum to
+  certify), ``rel_grad > grad_tol`` (default GRAD_TOL), or Lanczos did not converge for hessian_min while its
+  value is above −neg_tol;
+- ``saddle``: hessian_min < −neg_tol, neg_tol = NEG_TOL_FACTOR · 2λ (the penalty's curvature,
+  the smallest curvature a strict minimum of this objective has away from its symmetries);
+- ``local_min`` otherwise: gradient small and no negative curvature beyond neg_tol. Zero
+  eigenvalues are allowed: continuous symmetries (rotations of neurons that are active on every
+  input, of a linear net's hidden layers) leave C unchanged along whole curves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bnrank.config import MseReduction
+from bnrank.train.objective import mse
+
+GRAD_TOL = 1e-3
+"""Largest relative gradient of a certified minimum: the objective is then within ~1e-6 of the
+penalty term of the local quadratic model's minimum (module docstring)."""
+NEG_TOL_FACTOR = 0.01
+"""Negative curvature tolerated, as a fraction of the penalty's curvature 2λ."""
+LANCZOS_TOL = 1e-8
+"""eigsh's relative tolerance for hessian_max."""
+MIN_EIG_TOL_FACTOR = 0.1
+"""hessian_min is resolved to MIN_EIG_TOL_FACTOR · neg_tol (absolute residual tolerance)."""
+LANCZOS_NCV = 40
+"""Lanczos vectors kept by eigsh (the bottom of this spectrum is clustered: many are needed)."""
+LANCZOS_MAXITER = 200
+"""Restarts of eigsh before it gives up (about LANCZOS_NCV products each)."""
+
+VERDICTS = ("local_min", "saddle", "not_converged")
+
+
+@dataclass
+class Certificate:
+    """One network's certificate; `asdict` keys prefixed ``cert_`` are the table columns."""
+
+    verdict: str
+    reason: str
+    objective: float
+    rel_grad: float
+    grad_norm: float
+    balance_error: float
+    hessian_min: float
+    hessian_max: float
+    neg_tol: float
+    hvps: int
+
+    def row(self) -> dict:
+        return {f"cert_{k}": v for k, v in asdict(self).items()}
+
+
+def _eigsh_top(matvec: Callable[[np.ndarray], np.ndarray], n: int, tol: float) -> tuple[float, bool]:
+    """Largest eigenvalue of a symmetric n × n operator and whether eigsh converged."""
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    if n <= 2:
+        dense = np.stack([matvec(col) for col in np.eye(n)], axis=1)
+        return float(np.linalg.eigvalsh((dense + dense.T) / 2)[-1]), True
+    op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    v0 = np.random.default_rng(0).standard_normal(n)
+    try:
+        val = eigsh(op, k=1, which="LA", tol=tol, ncv=min(n, LANCZOS_NCV), maxiter=LANCZOS_MAXITER, v0=v0,
+                    return_eigenvectors=False)
+        return float(val[0]), True
+    except ArpackNoConvergence as err:
+        vals = err.eigenvalues
+        return (float(np.max(vals)) if len(vals) else float("nan")), False
+
+
+def certify_function(
+    objective: Callable[[Tensor], Tensor], theta: Tensor, lam: float, balance: float = float("nan"),
+    grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR,
+) -> Certificate:
+    """The certificate of a scalar objective C(θ) = fit(θ) + lam·‖θ‖² at a flat θ (P,).
+
+    `objective` maps a float64 (P,) tensor to the scalar C (the penalty included); `balance` is
+    reported as is. See the module docstring for the quantities and the verdict.
+    """
+    theta = theta.detach().to(torch.float64).clone().requires_grad_(True)
+    neg_tol = neg_tol_factor * 2 * lam
+    nan = float("nan")
+
+    def verdict(v: str, reason: str, **kw) -> Certificate:
+        vals = {"objective": nan, "rel_grad": nan, "grad_norm": nan, "hessian_min": nan, "hessian_max": nan, "hvps": 0} | kw
+        return Certificate(v, reason, balance_error=balance, neg_tol=neg_tol, **vals)
+
+    if not torch.isfinite(theta).all():
+        return verdict("not_converged", "parameters are not finite")
+    with torch.enable_grad():
+        value = objective(theta)
+        if not torch.isfinite(value):
+            return verdict("not_converged", "objective is not finite")
+        (grad,) = torch.autograd.grad(value, theta, create_graph=True)
+    g = grad.detach()
+    penalty = 2 * lam * theta.detach()
+    gnorm = g.norm().item()
+    rel = gnorm / max((g - penalty).norm().item() + penalty.norm().item(), 1e-300)
+    base = {"objective": value.item(), "rel_grad": rel, "grad_norm": gnorm}
+    if not np.isfinite(rel):
+        return verdict("not_converged", "gradient is not finite", **base)
+    count = [0]
+
+    def hvp(v: np.ndarray) -> np.ndarray:
+        count[0] += 1
+        u = torch.as_tensor(v.ravel(), dtype=torch.float64)
+        (hu,) = torch.autograd.grad(grad, theta, grad_outputs=u, retain_graph=True)
+        return hu.detach().numpy()
+
+    n = theta.numel()
+    h_max, _ = _eigsh_top(hvp, n, LANCZOS_TOL)
+    sigma = max(h_max, 0.0)
+    # λ_max(σI − H) = σ − λ_min(H); eigsh's tolerance is relative to that value (≈ σ)
+    tol = MIN_EIG_TOL_FACTOR * neg_tol / max(sigma, 1e-300) if neg_tol > 0 else LANCZOS_TOL
+    top, ok = _eigsh_top(lambda v: sigma * v.ravel() - hvp(v), n, max(tol, 1e-15))
+    h_min = sigma - top
+    base |= {"hessian_min": h_min, "hessian_max": h_max, "hvps": count[0]}
+    if lam <= 0:
+        return verdict("not_converged", "lambda is 0: no regularized minimum to certify", **base)
+    if rel > grad_tol:
+        return verdict("not_converged", f"relative gradient {rel:.2e} > {grad_tol:g}", **base)
+    if not np.isfinite(h_min):
+        return verdict("not_converged", "Hessian eigenvalues are not finite", **base)
+    if h_min < -neg_tol:
+        return verdict("saddle", f"negative curvature {h_min:.3e} < -{neg_tol:.1e}", **base)
+    if not ok:
+        return verdict("not_converged", "Lanczos did not converge for the smallest Hessian eigenvalue", **base)
+    return verdict("local_min", f"relative gradient {rel:.1e}, smallest eigenvalue {h_min:.1e} >= -{neg_tol:.1e}", **base)
+
+
+def _member_objective(model, x: Tensor, y: Tensor, lam: float, reduction: MseReduction) -> tuple[Callable, Tensor]:
+    """(C, θ) for a one-member ensemble: C maps a flat float64 θ to its regularized objective,
+    through the model's own forward (torch.func.functional_call), so any model family works."""
+    from torch.func import functional_call
+
+    names = [name for name, _ in model.named_parameters()]
+    params = [p.detach() for _, p in model.named_parameters()]
+    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
+
+    def objective(theta: Tensor) -> Tensor:
+        parts = [t.view(s) for t, s in zip(torch.split(theta, sizes), shapes)]
+        pred = functional_call(model, dict(zip(names, parts)), (x,))
+        return mse(pred, y, reduction)[0] + lam * theta.square().sum()
+
+    return objective, torch.cat([p.reshape(-1) for p in params])
+
+
+def certify(
+    model, x: Tensor, y: Tensor, lam: list[float] | float, reduction: MseReduction = "sum",
+    grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR,
+) -> list[Certificate]:
+    """The certificate of every member of `model` on (x, y) at regularization `lam` (one value or
+    one per member): x (N, d_in) shared or (E, N, d_in), y likewise. Member by member, in float64."""
+    from bnrank.train.rebalance import balance_error
+
+    members = model.members
+    lams = [float(v) for v in lam] if isinstance(lam, (list, tuple)) else [float(lam)] * members
+    model64 = model.select(list(range(members))).double()
+    bal = balance_error(model64).tolist()
+    out = []
+    for e in range(members):
+        one = model64.select([e])
+        xe = (x[e] if x.dim() == 3 else x).to(torch.float64)
+        ye = (y[e] if y.dim() == 3 else y).to(torch.float64)
+        fn, theta = _member_objective(one, xe, ye, lams[e], reduction)
+        out.append(certify_function(fn, theta, lams[e], bal[e], grad_tol, neg_tol_factor))
+    return out
+
+
+def certificate_rows(model, x: Tensor, y: Tensor, lam: list[float] | float, reduction: MseReduction = "sum") -> list[dict]:
+    """One dict of ``cert_*`` columns per member (`certify`): what a run's summary and a sweep's
+    runs table record for each network."""
+    return [c.row() for c in certify(model, x, y, lam, reduction)]
