@@ -174,3 +174,16 @@ def test_certify_rejects_nothing_on_a_diverged_member_and_says_why():
     certs = certify(net, x, y, 0.01)
     assert certs[1].verdict == "not_converged" and "not finite" in certs[1].reason
     assert math.isfinite(certs[0].hessian_max)
+
+
+def test_kinks_count_pre_activations_at_zero():
+    from bnrank.measure.certificate import kink_counts
+
+    net, x, y = _tiny_relu()
+    with torch.no_grad():
+        net.weights[0][1, 2].zero_()
+        net.biases[0][1, 2] = 0.0  # neuron 3 of layer 1 of member 1: pre-activation 0 on all 10 inputs
+    counts = kink_counts(net, x)
+    assert counts[1] == counts[0] + 10
+    cert = certify(net, x, y, 0.01)[1]
+    assert cert.kinks == counts[1] and "kink" in cert.reason

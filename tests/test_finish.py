@@ -126,3 +126,29 @@ def test_lbfgs_phase_must_be_last_and_full_batch():
         validate(TrainConfig, {"phases": [{"optimizer": "lbfgs"}, {"optimizer": "adam"}]})
     with pytest.raises(ConfigError, match="full batch"):
         validate(TrainConfig, {"phases": [{"optimizer": "lbfgs", "batch_size": 4}]})
+
+
+def test_certificates_reach_the_run_summary_and_the_sweep_runs_table(tmp_path):
+    import json
+
+    import bnrank
+    from bnrank.sweep import expand, group_cells, load_spec, run_group
+
+    cfg = {"seed": 0, "members": 2, "dtype": "float64",
+           "task": {"n_train": 16, "n_test": 0, "d_in": 3, "d_out": 2, "latent_dim": 3, "rank": 1, "hidden": 8},
+           "model": {"depth": 1, "width": 4},
+           "train": {"lam": 0.02, "log_every": 10, "certify": True,
+                     "phases": [{"optimizer": "adam", "steps": 20, "lr": 0.01}, {"optimizer": "lbfgs", "steps": 100}]}}
+    run = bnrank.train(cfg, out=tmp_path / "run", progress=False)
+    members = json.loads((tmp_path / "run" / "summary.json").read_text())["members"]
+    assert [m["cert_verdict"] for m in members] == ["local_min", "local_min"]
+    assert all(m["cert_rel_grad"] <= 1e-8 and m["cert_hessian_min"] > 0 for m in members)
+    base = dict(cfg)
+    del base["members"]
+    [group] = group_cells(expand(load_spec({"name": "t", "base": base, "grid": {"train.lam": [0.02, 0.05]}, "trials": 1,
+                                            "max_members": 2, "analyze": False})), max_members=2)
+    rows = run_group(group).tables["runs"]
+    assert rows.cert_verdict.tolist() == ["local_min", "local_min"]
+    assert rows.cert_hessian_max.iloc[0] == members[0]["cert_hessian_max"]
+    plain = bnrank.train(cfg | {"train": cfg["train"] | {"certify": False}}, progress=False)
+    assert not any(k.startswith("cert_") for k in plain.summary["members"][0])

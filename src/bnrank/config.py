@@ -258,7 +258,10 @@ MseReduction = Literal["sum", "mean"]
 
 class TrainConfig(StrictModel):
     """`mse_reduction`: the fit term of the objective, "sum" = (1/N)Σ_i‖f(x_i) − y_i‖² (theory.md
-    §1) or "mean" = that / d_out (torch.nn.MSELoss's default); see bnrank.train.objective."""
+    §1) or "mean" = that / d_out (torch.nn.MSELoss's default); see bnrank.train.objective.
+    `certify`: after training, compute every member's certificate (bnrank.measure.certificate:
+    gradient, balance, Lanczos Hessian extremes, verdict) into the run's summary and a sweep's
+    runs table (``cert_*`` columns); it costs up to a few thousand Hessian-vector products per member."""
 
     lam: PerMemberNonNegative = 1e-3
     mse_reduction: MseReduction = "sum"
@@ -266,6 +269,7 @@ class TrainConfig(StrictModel):
     log_every: int = Field(100, gt=0)
     rebalance_every: int = Field(0, ge=0)
     stop: StopRule | None = None
+    certify: bool = False
 
     @model_validator(mode="after")
     def _finish_last(self) -> "TrainConfig":

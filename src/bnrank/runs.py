@@ -29,6 +29,7 @@ from bnrank.atomic import staged_dir
 from bnrank.checkpoint import load_checkpoint, save_checkpoint
 from bnrank.config import RunConfig, dump_config, load_run_config, override, per_member, read_yaml, validate
 from bnrank.errors import ConfigError, StoreError
+from bnrank.measure.certificate import certificate_rows
 from bnrank.models import EnsembleMLP
 from bnrank.tasks import TaskData, make_task
 from bnrank.train import fit
@@ -116,6 +117,7 @@ def _summary(cfg: RunConfig, model: EnsembleMLP, task: TaskData, result, device)
         test = mse(model(task.x_test.to(device, dt)), task.y_test.to(device, dt), cfg.train.mse_reduction).cpu().tolist() if task.x_test.shape[0] else [float("nan")] * model.members
     lams = per_member(cfg.train.lam, cfg.members)
     scales = per_member(cfg.model.init_scale, cfg.members)
+    certs = certificate_rows(model, task.x_train, task.y_train, lams, cfg.train.mse_reduction, cfg.train.certify)
     members = []
     for e, row in enumerate(last.itertuples()):
         members.append({
@@ -123,7 +125,7 @@ def _summary(cfg: RunConfig, model: EnsembleMLP, task: TaskData, result, device)
             "objective": row.objective, "mse": row.mse, "test_mse": test[e], "param_norm_sq": row.param_norm_sq,
             "grad_norm": row.grad_norm, "balance_error": row.balance_error,
             "diverged": result.diverged[e], "diverged_step": result.diverged_step[e], "converged": result.converged[e],
-            "stopped_step": result.stopped_step[e],
+            "stopped_step": result.stopped_step[e], **certs[e],
         })
     return {
         "members": members, "steps": result.steps, "stopped_early": result.stopped_early,

@@ -16,14 +16,21 @@ network, flattened), for the objective C(θ) = fit(θ) + λ‖θ‖² (bnrank.tr
   σI − H with σ = hessian_max, whose residual tolerance is then an absolute one on hessian_min:
   MIN_EIG_TOL_FACTOR · neg_tol. A Ritz value is the Rayleigh quotient of a vector, so a
   hessian_min below −neg_tol proves negative curvature even when Lanczos stops early.
+- ``kinks`` (ReLU nets): the number of (input, hidden neuron) pre-activations within KINK_TOL of
+  0, relative to their layer's largest. The objective is not differentiable there; a minimum
+  that lies on kinks keeps a one-sided gradient that does not vanish, which this test cannot
+  certify (its verdict is then ``not_converged`` and its reason names the kinks).
 
 Verdict, in this order (`verdict`, with `reason`):
 
 - ``not_converged``: θ or the objective is not finite, λ ≤ 0 (no regularized minimum to
   certify), ``rel_grad > grad_tol`` (default GRAD_TOL), or Lanczos did not converge for hessian_min while its
   value is above −neg_tol;
-- ``saddle``: hessian_min < −neg_tol, neg_tol = NEG_TOL_FACTOR · 2λ (the penalty's curvature,
-  the smallest curvature a strict minimum of this objective has away from its symmetries);
+- ``saddle``: hessian_min < −neg_tol, neg_tol = max(NEG_TOL_FACTOR · 2λ, NEG_TOL_REL ·
+  hessian_max): a fraction of the penalty's curvature 2λ (the smallest curvature a strict
+  minimum of this objective has away from its symmetries), but no finer than Lanczos resolves
+  in about LANCZOS_MAXITER · LANCZOS_NCV products (the bottom of a spectrum spread over
+  hessian_max takes ~√(hessian_max / neg_tol) of them);
 - ``local_min`` otherwise: gradient small and no negative curvature beyond neg_tol. Zero
   eigenvalues are allowed: continuous symmetries (rotations of neurons that are active on every
   input, of a linear net's hidden layers) leave C unchanged along whole curves.
@@ -31,6 +38,7 @@ Verdict, in this order (`verdict`, with `reason`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -46,13 +54,17 @@ GRAD_TOL = 1e-3
 penalty term of the local quadratic model's minimum (module docstring)."""
 NEG_TOL_FACTOR = 0.01
 """Negative curvature tolerated, as a fraction of the penalty's curvature 2λ."""
+NEG_TOL_REL = 1e-6
+"""...and at least this fraction of hessian_max (what a bounded Lanczos run resolves)."""
+KINK_TOL = 1e-9
+"""A pre-activation within KINK_TOL · (its layer's largest |pre-activation|) of 0 is on a kink."""
 LANCZOS_TOL = 1e-8
 """eigsh's relative tolerance for hessian_max."""
 MIN_EIG_TOL_FACTOR = 0.1
 """hessian_min is resolved to MIN_EIG_TOL_FACTOR · neg_tol (absolute residual tolerance)."""
 LANCZOS_NCV = 40
 """Lanczos vectors kept by eigsh (the bottom of this spectrum is clustered: many are needed)."""
-LANCZOS_MAXITER = 200
+LANCZOS_MAXITER = 50
 """Restarts of eigsh before it gives up (about LANCZOS_NCV products each)."""
 
 VERDICTS = ("local_min", "saddle", "not_converged")
@@ -71,10 +83,12 @@ class Certificate:
     hessian_min: float
     hessian_max: float
     neg_tol: float
+    kinks: int
     hvps: int
 
     def row(self) -> dict:
-        return {f"cert_{k}": v for k, v in asdict(self).items()}
+        """The ``cert_*`` columns; a value that is not finite is None (never written as NaN)."""
+        return {f"cert_{k}": None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(self).items()}
 
 
 def _eigsh_top(matvec: Callable[[np.ndarray], np.ndarray], n: int, tol: float) -> tuple[float, bool]:
@@ -97,20 +111,20 @@ def _eigsh_top(matvec: Callable[[np.ndarray], np.ndarray], n: int, tol: float) -
 
 def certify_function(
     objective: Callable[[Tensor], Tensor], theta: Tensor, lam: float, balance: float = float("nan"),
-    grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR,
+    kinks: int = 0, grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR,
 ) -> Certificate:
     """The certificate of a scalar objective C(θ) = fit(θ) + lam·‖θ‖² at a flat θ (P,).
 
-    `objective` maps a float64 (P,) tensor to the scalar C (the penalty included); `balance` is
-    reported as is. See the module docstring for the quantities and the verdict.
+    `objective` maps a float64 (P,) tensor to the scalar C (the penalty included); `balance` and
+    `kinks` are reported as they are. See the module docstring for the quantities and the verdict.
     """
     theta = theta.detach().to(torch.float64).clone().requires_grad_(True)
-    neg_tol = neg_tol_factor * 2 * lam
     nan = float("nan")
 
     def verdict(v: str, reason: str, **kw) -> Certificate:
-        vals = {"objective": nan, "rel_grad": nan, "grad_norm": nan, "hessian_min": nan, "hessian_max": nan, "hvps": 0} | kw
-        return Certificate(v, reason, balance_error=balance, neg_tol=neg_tol, **vals)
+        vals = {"objective": nan, "rel_grad": nan, "grad_norm": nan, "hessian_min": nan, "hessian_max": nan,
+                "hvps": 0, "neg_tol": neg_tol_factor * 2 * lam} | kw
+        return Certificate(v, reason, balance_error=balance, kinks=kinks, **vals)
 
     if not torch.isfinite(theta).all():
         return verdict("not_converged", "parameters are not finite")
@@ -137,15 +151,17 @@ def certify_function(
     n = theta.numel()
     h_max, _ = _eigsh_top(hvp, n, LANCZOS_TOL)
     sigma = max(h_max, 0.0)
+    neg_tol = max(neg_tol_factor * 2 * lam, NEG_TOL_REL * sigma)
     # λ_max(σI − H) = σ − λ_min(H); eigsh's tolerance is relative to that value (≈ σ)
     tol = MIN_EIG_TOL_FACTOR * neg_tol / max(sigma, 1e-300) if neg_tol > 0 else LANCZOS_TOL
     top, ok = _eigsh_top(lambda v: sigma * v.ravel() - hvp(v), n, max(tol, 1e-15))
     h_min = sigma - top
-    base |= {"hessian_min": h_min, "hessian_max": h_max, "hvps": count[0]}
+    base |= {"hessian_min": h_min, "hessian_max": h_max, "hvps": count[0], "neg_tol": neg_tol}
     if lam <= 0:
         return verdict("not_converged", "lambda is 0: no regularized minimum to certify", **base)
     if rel > grad_tol:
-        return verdict("not_converged", f"relative gradient {rel:.2e} > {grad_tol:g}", **base)
+        on_kinks = f"; {kinks} pre-activations on a ReLU kink, where the gradient is one-sided" if kinks else ""
+        return verdict("not_converged", f"relative gradient {rel:.2e} > {grad_tol:g}{on_kinks}", **base)
     if not np.isfinite(h_min):
         return verdict("not_converged", "Hessian eigenvalues are not finite", **base)
     if h_min < -neg_tol:
@@ -184,17 +200,32 @@ def certify(
     lams = [float(v) for v in lam] if isinstance(lam, (list, tuple)) else [float(lam)] * members
     model64 = model.select(list(range(members))).double()
     bal = balance_error(model64).tolist()
+    kinks = kink_counts(model64, x.to(torch.float64))
     out = []
     for e in range(members):
         one = model64.select([e])
         xe = (x[e] if x.dim() == 3 else x).to(torch.float64)
         ye = (y[e] if y.dim() == 3 else y).to(torch.float64)
         fn, theta = _member_objective(one, xe, ye, lams[e], reduction)
-        out.append(certify_function(fn, theta, lams[e], bal[e], grad_tol, neg_tol_factor))
+        out.append(certify_function(fn, theta, lams[e], bal[e], kinks[e], grad_tol, neg_tol_factor))
     return out
 
 
-def certificate_rows(model, x: Tensor, y: Tensor, lam: list[float] | float, reduction: MseReduction = "sum") -> list[dict]:
-    """One dict of ``cert_*`` columns per member (`certify`): what a run's summary and a sweep's
-    runs table record for each network."""
+def kink_counts(model, x: Tensor) -> list[int]:
+    """Per member: # (input, hidden neuron) pre-activations with |α| ≤ KINK_TOL · max over the
+    layer's |α| (ReLU's kink; a neuron whose pre-activation is 0 everywhere counts N times)."""
+    with torch.no_grad():
+        total = torch.zeros(model.members, dtype=torch.long)
+        for alpha in model.preactivations(x)[:-1]:
+            a = alpha.abs().flatten(1)
+            total += (a <= KINK_TOL * a.max(1, keepdim=True).values).sum(1).cpu()
+        return total.tolist()
+
+
+def certificate_rows(model, x: Tensor, y: Tensor, lam: list[float] | float, reduction: MseReduction = "sum",
+                     enabled: bool = True) -> list[dict]:
+    """One dict of ``cert_*`` columns per member (`certify`; empty dicts unless `enabled`): what a
+    run's summary and a sweep's runs table record for each network (TrainConfig.certify)."""
+    if not enabled:
+        return [{} for _ in range(model.members)]
     return [c.row() for c in certify(model, x, y, lam, reduction)]

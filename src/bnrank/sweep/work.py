@@ -21,6 +21,7 @@ import torch
 
 from bnrank.config import per_member
 from bnrank.measure import analyze
+from bnrank.measure.certificate import certificate_rows
 from bnrank.models import EnsembleMLP
 from bnrank.runs import DTYPES, resolve_device
 from bnrank.sweep.grouping import Group
@@ -93,7 +94,9 @@ def run_group(group: Group) -> GroupResult:
         else:
             test_mse = [float("nan")] * group.members
     model = model.cpu()
-    tables = {"runs": _runs_rows(group, tasks, result, test_mse, middle_rank(model)), "metrics": result.metrics}
+    train = group.train_config()
+    certs = certificate_rows(model, x, y, train.lam, train.mse_reduction, train.certify)
+    tables = {"runs": _runs_rows(group, tasks, result, test_mse, middle_rank(model), certs), "metrics": result.metrics}
     if group.analyze_points:
         tables |= analyze_group(model, tasks, by_task, group)
     tables["runs"]["wall_time_s"] = time.perf_counter() - start
@@ -102,7 +105,8 @@ def run_group(group: Group) -> GroupResult:
     return GroupResult(group.group_id, tables, model)
 
 
-def _runs_rows(group: Group, tasks: list[TaskData], result, test_mse: list[float], ranks: list[int]) -> pd.DataFrame:
+def _runs_rows(group: Group, tasks: list[TaskData], result, test_mse: list[float], ranks: list[int],
+               certs: list[dict]) -> pd.DataFrame:
     """One row per member: grid values, key config values, final diagnostics, flags."""
     last = result.metrics[result.metrics.step == result.metrics.step.max()].set_index("member")
     rows = []
@@ -118,7 +122,7 @@ def _runs_rows(group: Group, tasks: list[TaskData], result, test_mse: list[float
             "param_norm_sq": final.param_norm_sq, "grad_norm": final.grad_norm, "balance_error": final.balance_error,
             "diverged": result.diverged[e], "diverged_step": result.diverged_step[e], "converged": result.converged[e],
             "mid_rank": ranks[e], "steps": result.steps, "train_time_s": result.wall_time,
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), **certs[e],
         })
     return pd.DataFrame(rows).astype({"diverged_step": "Int64", "true_rank": "Int64"})
 
