@@ -180,10 +180,11 @@ def test_kinks_count_pre_activations_at_zero():
     from bnrank.measure.certificate import kink_counts
 
     net, x, y = _tiny_relu()
+    assert kink_counts(net, x) == [0, 0]
     with torch.no_grad():
         net.weights[0][1, 2].zero_()
-        net.biases[0][1, 2] = 0.0  # neuron 3 of layer 1 of member 1: pre-activation 0 on all 10 inputs
-    counts = kink_counts(net, x)
-    assert counts[1] == counts[0] + 10
-    cert = certify(net, x, y, 0.01)[1]
-    assert cert.kinks == counts[1] and "kink" in cert.reason
+        net.biases[0][1, 2] = 0.0  # neuron 3 of layer 1 of member 1 collapsed: not a kink
+        net.biases[0][0, 1] = -(net.weights[0][0, 1] @ x[4])  # member 0: input 4 at neuron 2's kink
+    assert kink_counts(net, x) == [1, 0]
+    cert = certify(net, x, y, 0.01)[0]
+    assert cert.kinks == 1 and "kink" in cert.reason

@@ -213,12 +213,14 @@ def certify(
 
 def kink_counts(model, x: Tensor) -> list[int]:
     """Per member: # (input, hidden neuron) pre-activations with |α| ≤ KINK_TOL · max over the
-    layer's |α| (ReLU's kink; a neuron whose pre-activation is 0 everywhere counts N times)."""
+    layer's |α| (ReLU's kink), not counting neurons that are at the kink on every input (a
+    collapsed neuron, weights and bias ≈ 0: its fit gradient vanishes with its outgoing weights)."""
     with torch.no_grad():
         total = torch.zeros(model.members, dtype=torch.long)
         for alpha in model.preactivations(x)[:-1]:
-            a = alpha.abs().flatten(1)
-            total += (a <= KINK_TOL * a.max(1, keepdim=True).values).sum(1).cpu()
+            a = alpha.abs()  # (E, N, d)
+            at = a <= KINK_TOL * a.flatten(1).max(1).values[:, None, None]
+            total += (at & ~at.all(1, keepdim=True)).flatten(1).sum(1).cpu()
         return total.tolist()
 
 
