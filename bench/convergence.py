@@ -139,7 +139,7 @@ def main() -> None:
             if args.certify:
                 add_certificates(new, run, lam)
             rows += new
-            print(json.dumps(rows[-1]), flush=True)
+            print("\n".join(json.dumps(r) for r in new), flush=True)
             if args.finish_steps:
                 fcfg = apply_recipe(base_config(depth, lam, args), **kw)
                 fcfg["train"]["phases"] = fcfg["train"]["phases"][:1] + [{"optimizer": "lbfgs", "steps": args.finish_steps}]
@@ -149,7 +149,7 @@ def main() -> None:
                 if args.certify:
                     add_certificates(new, frun, lam)
                 rows += new
-                print(json.dumps(rows[-1]), flush=True)
+                print("\n".join(json.dumps(r) for r in new), flush=True)
             if not args.no_baseline:
                 steps = int(run.summary["steps"])
                 base = base_config(depth, lam, args)
