@@ -1,4 +1,4 @@
-"""Convergence to the regularized minimum: the default recipe vs plain Adam.
+"""Convergence to the regularized minimum: the default recipe vs plain Adam vs an L-BFGS finish.
 
 For each depth L and λ: an ensemble of E members on the rank-2 composition task trained with
 `bnrank.train.recipe` (Adam with λ annealed from above → heavy-ball GD at lr = c / top Hessian
@@ -7,12 +7,17 @@ cosine to 0) for the same number of steps. Reported per member: steps and second
 stop rule fired, the first step at which the stop rule holds for relative tolerances 1e-4 and
 1e-5 (evaluated on the logged history exactly as the trainer does, from the polish phase on),
 final objective, MSE, ‖θ‖², balancedness error, middle-layer rank (# singular values of
-W_⌈L/2⌉ above 0.1) and its top 5 singular values.
+W_⌈L/2⌉ above 0.1) and its top 5 singular values. With `--finish-steps K`, a third run per
+setting: the recipe's Adam phase, then the float64 L-BFGS finish (`optimizer: lbfgs`, at most K
+iterations, bnrank.train.finish). With `--certify`, every member of the recipe and finish runs
+gets its certificate (bnrank.measure.certificate: verdict, relative gradient, Hessian extremes,
+kinks) and the seconds it took.
 
     .venv/bin/python bench/convergence.py                       # L 8, 16 × λ 1e-3, 1e-2, E = 2
     .venv/bin/python bench/convergence.py --depths 8 --lams 0.001 --no-baseline
     .venv/bin/python bench/convergence.py --width 100 --n-train 500   # the task's default sizes
     .venv/bin/python bench/convergence.py --lams 0.001 --no-baseline --polish-steps 150000  # a longer cap
+    .venv/bin/python bench/convergence.py --depths 8 --no-baseline --finish-steps 5000 --certify
 
 Run it alone (one process, one thread: the machine is shared); prints a markdown table.
 """
@@ -22,10 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 
 import torch
 
 import bnrank
+from bnrank.measure.certificate import certify
 from bnrank.train.recipe import apply_recipe, default_train_config, middle_layer
 
 
@@ -90,6 +97,16 @@ def describe(run, depth: int, kind: str, from_step: int | None, window: int, bal
     return rows
 
 
+def add_certificates(rows: list[dict], run, lam: float) -> None:
+    """Each member's certificate at the run's final parameters, into its row (with its seconds)."""
+    start = time.perf_counter()
+    certs = certify(run.model, run.task.x_train, run.task.y_train, lam, run.config.train.mse_reduction)
+    seconds = (time.perf_counter() - start) / len(certs)
+    for row, c in zip(rows, certs):
+        row |= {"verdict": c.verdict, "rel_grad": c.rel_grad, "h_min": c.hessian_min, "h_max": c.hessian_max,
+                "kinks": c.kinks, "cert_s": round(seconds, 1), "reason": c.reason}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depths", type=int, nargs="+", default=[8, 16])
@@ -104,6 +121,8 @@ def main() -> None:
     ap.add_argument("--polish-steps", type=int, default=None, help="cap of the polish phase (default: the recipe's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--finish-steps", type=int, default=None, help="also run Adam → L-BFGS finish with this cap")
+    ap.add_argument("--certify", action="store_true", help="certify every member of the recipe and finish runs")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -116,8 +135,21 @@ def main() -> None:
             tc = default_train_config(depth, lam, **kw)
             polish_from = tc.phases[0].steps + tc.phases[1].steps
             run = bnrank.train(cfg, progress=False)
-            rows += describe(run, depth, "recipe", polish_from, tc.stop.window, tc.stop.balance_tol)
-            print(json.dumps(rows[-1]), flush=True)
+            new = describe(run, depth, "recipe", polish_from, tc.stop.window, tc.stop.balance_tol)
+            if args.certify:
+                add_certificates(new, run, lam)
+            rows += new
+            print("\n".join(json.dumps(r) for r in new), flush=True)
+            if args.finish_steps:
+                fcfg = apply_recipe(base_config(depth, lam, args), **kw)
+                fcfg["train"]["phases"] = fcfg["train"]["phases"][:1] + [{"optimizer": "lbfgs", "steps": args.finish_steps}]
+                fcfg["train"].pop("stop", None)
+                frun = bnrank.train(fcfg, progress=False)
+                new = describe(frun, depth, "adam+lbfgs", None, tc.stop.window, tc.stop.balance_tol)
+                if args.certify:
+                    add_certificates(new, frun, lam)
+                rows += new
+                print("\n".join(json.dumps(r) for r in new), flush=True)
             if not args.no_baseline:
                 steps = int(run.summary["steps"])
                 base = base_config(depth, lam, args)
@@ -138,6 +170,15 @@ def main() -> None:
               f"{'—' if r['final_rel_change'] is None else format(r['final_rel_change'], '.1e')} | {r['objective']:.5f} | "
               f"{r['mse']:.4f} | {r['param_norm_sq']:.2f} | {100 * r['balance']:.2f}% | {r['rank']} | "
               f"{', '.join(f'{v:.2f}' for v in r['top_sv'])} |")
+    if args.certify:
+        print()
+        print("| run | L | λ | member | steps | s | objective | verdict | rel. gradient | h_min | h_max | kinks | certificate s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+        for r in rows:
+            if "verdict" in r:
+                print(f"| {r['kind']} | {r['depth']} | {r['lam']:g} | {r['member']} | {r['steps']} | {r['seconds']} | "
+                      f"{r['objective']:.5f} | {r['verdict']} | {r['rel_grad']:.1e} | {r['h_min']:.2e} | {r['h_max']:.3g} | "
+                      f"{r['kinks']} | {r['cert_s']} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -22,7 +22,7 @@ def test_defaults_validate_and_member_seeds():
         ({"train": {"lam": -1}}, "train.lam"),
         ({"train": {"phases": [{"lr": 0}]}}, "train.phases.0.lr"),
         ({"train": {"phases": [{"steps": 0}]}}, "train.phases.0.steps"),
-        ({"train": {"phases": [{"optimizer": "lbfgs"}]}}, "train.phases.0.optimizer"),
+        ({"train": {"phases": [{"optimizer": "newton"}]}}, "train.phases.0.optimizer"),
         ({"train": {"phases": [{"optimizer": "sgd"}]}}, "batch_size"),
         ({"train": {"phases": []}}, "train.phases"),
         ({"task": {"n_train": 0}}, "task.n_train"),

@@ -277,9 +277,14 @@ class Phase(StrictModel):
     so c = 1 leaves a margin of about 4 at high momentum. `momentum: auto` picks the critically
     damped μ = (1 − √(2λ·lr))² for the slowest curvature 2λ of the penalty (the member with the
     smallest λ·lr decides), clipped to [0.9, 0.9995].
+
+    `optimizer: lbfgs` is the second-order finish (bnrank.train.finish): full-batch L-BFGS in
+    float64 with `history` pairs and a per-member line search, for at most `steps` iterations;
+    a member stops when its relative gradient is at most `gtol`. It must be the last phase, runs
+    at constant λ, and promotes the model's parameters to float64 (they stay float64).
     """
 
-    optimizer: Literal["adam", "gd", "sgd"] = "adam"
+    optimizer: Literal["adam", "gd", "sgd", "lbfgs"] = "adam"
     steps: int = Field(1000, gt=0)
     lr: PerMember = 1e-3
     schedule: Literal["constant", "cosine", "linear"] = "constant"
@@ -293,6 +298,8 @@ class Phase(StrictModel):
     lam_anneal_fraction: float = Field(1.0, gt=0, le=1)
     lr_sharpness: PositiveFloat | None = None
     sharpness_iters: int = Field(20, gt=0)
+    history: int = Field(20, gt=0)
+    gtol: PositiveFloat = 1e-8
 
     @model_validator(mode="after")
     def _check(self) -> "Phase":
@@ -302,6 +309,9 @@ class Phase(StrictModel):
             raise ValueError("optimizer 'gd' is full batch: drop batch_size or use 'sgd'")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError("betas must lie in [0, 1)")
+        if self.optimizer == "lbfgs" and (self.batch_size is not None or self.lr_sharpness is not None
+                                          or self.momentum != 0.0 or self.lam_factor_start != 1.0):
+            raise ValueError("optimizer 'lbfgs' is full batch at constant λ: drop batch_size, lr_sharpness, momentum and lam_factor_start")
         if self.optimizer == "adam" and (self.lr_sharpness is not None or self.momentum == "auto"):
             raise ValueError("lr_sharpness and momentum 'auto' are for optimizer 'gd' or 'sgd'")
         explicit_lr = "lr" in self.model_fields_set and self.lr != Phase.model_fields["lr"].default  # a dump round-trips
@@ -326,8 +336,11 @@ MseReduction = Literal["sum", "mean"]
 
 
 class TrainConfig(StrictModel):
-    """`mse_reduction`: the fit term of the objective, "sum" = (1/N)Σ_i‖f(x_i) − y_i‖² (docs/theory.md §1)
-    or "mean" = that / d_out (torch.nn.MSELoss's default); see bnrank.train.objective."""
+    """`mse_reduction`: the fit term of the objective, "sum" = (1/N)Σ_i‖f(x_i) − y_i‖² (docs/theory.md
+    §1) or "mean" = that / d_out (torch.nn.MSELoss's default); see bnrank.train.objective.
+    `certify`: after training, compute every member's certificate (bnrank.measure.certificate:
+    gradient, balance, Lanczos Hessian extremes, verdict) into the run's summary and a sweep's
+    runs table (``cert_*`` columns); it costs up to a few thousand Hessian-vector products per member."""
 
     lam: PerMemberNonNegative = 1e-3
     mse_reduction: MseReduction = "sum"
@@ -335,6 +348,13 @@ class TrainConfig(StrictModel):
     log_every: int = Field(100, gt=0)
     rebalance_every: int = Field(0, ge=0)
     stop: StopRule | None = None
+    certify: bool = False
+
+    @model_validator(mode="after")
+    def _finish_last(self) -> "TrainConfig":
+        if any(p.optimizer == "lbfgs" for p in self.phases[:-1]):
+            raise ValueError("an 'lbfgs' phase (the float64 finish) must be the last phase")
+        return self
 
 
 class RunConfig(StrictModel):
@@ -498,7 +518,10 @@ def load_run_config(path: str | Path | None = None, assignments: list[str] = ())
     return validate(RunConfig, override(data or {}, list(assignments)), source=str(path or "config"))
 
 
-NEUTRAL_DEFAULTS: dict[str, Any] = {"model.kind": "mlp", "model.activation": "relu", "model.bias": True}
+NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "model.kind": "mlp", "model.activation": "relu", "model.bias": True,
+    "train.certify": False, "train.phases.*.history": 20, "train.phases.*.gtol": 1e-8,
+}
 """Config fields whose value here gives exactly the network a config without the field gives:
 content hashes leave them out at that value (`canonical_dump`), so a config written before the
 field existed keeps its sweep cell id. Keys are dotted paths; ``*`` matches every list item."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from bnrank.config import TrainConfig
+from bnrank.measure.certificate import certificate_rows
 from bnrank.models import EnsembleModel, build_model
 from bnrank.tasks import TaskData, make_task
 from bnrank.train import fit
@@ -35,7 +36,9 @@ class TrainedEnsemble:
     """A trained ensemble (on its training device) with what it was trained on.
 
     tasks: each member's task; by_task: the members of each distinct task (keys: canonical task
-    config JSON); result: what `fit` did; test_mse: per member (NaN without test points)."""
+    config JSON); result: what `fit` did; test_mse: per member (NaN without test points);
+    certificates: per member, the ``cert_*`` values of bnrank.measure.certificate (empty unless
+    the train config's `certify`)."""
 
     model: EnsembleModel
     tasks: list[TaskData]
@@ -45,6 +48,7 @@ class TrainedEnsemble:
     seeds: list[int]
     init_scale: list[float]
     lam: list[float]
+    certificates: list[dict]
     wall_time: float
 
     @property
@@ -53,7 +57,8 @@ class TrainedEnsemble:
 
     def member_rows(self, threshold: float = RANK_THRESHOLD) -> list[dict]:
         """One dict per member: seed, λ, init scale, final objective / mse / test_mse / R(θ) /
-        gradient norm / balance error, divergence and stop flags, and `mid_rank`."""
+        gradient norm / balance error, divergence and stop flags, `mid_rank`, and the
+        certificate's ``cert_*`` values when there is one."""
         metrics = self.result.metrics
         last = metrics[metrics.step == metrics.step.max()].set_index("member")
         ranks = middle_rank(self.model, threshold)
@@ -67,7 +72,7 @@ class TrainedEnsemble:
                 "param_norm_sq": float(final.param_norm_sq), "grad_norm": float(final.grad_norm),
                 "balance_error": float(final.balance_error),
                 "diverged": r.diverged[e], "diverged_step": r.diverged_step[e], "converged": r.converged[e],
-                "stopped_step": r.stopped_step[e], "mid_rank": ranks[e],
+                "stopped_step": r.stopped_step[e], "mid_rank": ranks[e], **self.certificates[e],
             })
         return rows
 
@@ -125,5 +130,6 @@ def train_ensemble(
             test_mse = mse(model(x_test), y_test, train_config.mse_reduction).cpu().tolist()
         else:
             test_mse = [float("nan")] * len(seeds)
+    certificates = certificate_rows(model, x, y, list(lam), train_config.mse_reduction, train_config.certify)
     return TrainedEnsemble(model, member_tasks, by_task, result, test_mse, list(seeds), [float(s) for s in init_scale],
-                           [float(v) for v in lam], time.perf_counter() - start)
+                           [float(v) for v in lam], certificates, time.perf_counter() - start)

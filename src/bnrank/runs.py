@@ -6,6 +6,7 @@ A run directory holds
     checkpoint.safetensors  final parameters of every member
     data.safetensors        the task's tensors (x_train, y_train, x_test, y_test), float64
     summary.json            per-member final values, flags, wall time, seeds, versions
+                            (and the certificate's cert_* values with train.certify)
 It is staged in a temporary sibling and renamed into place when complete, so a run directory
 is either whole or absent.
 """

@@ -31,7 +31,7 @@ ANALYZE_TABLES = ("layers", "points", "network")
 @dataclass
 class GroupResult:
     """What one group produced. Each table has ``cell_id``, ``group_id`` and ``member`` columns:
-    `runs` (one row per member), `metrics` (one row per logged step and member, the trainer's
+    `runs` (one row per member; with train.certify its certificate's ``cert_*`` columns), `metrics` (one row per logged step and member, the trainer's
     METRIC_COLUMNS) and, when analyzed, `layers`, `points`, `network` from bnrank.analyze.
     `model` holds the trained parameters on the CPU."""
 

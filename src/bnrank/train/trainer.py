@@ -1,12 +1,18 @@
 """`fit`: train an ensemble on the regularized objective, in phases, with diagnostics.
 
 The hot loop does one batched forward/backward for all members (the family's
-`objective_and_grads`: hand-written backprop for the MLP, `bnrank.train.backprop`), on a GPU replayed as a CUDA graph (`bnrank.train.step`), and never
+`objective_and_grads`: hand-written backprop for the MLP, `bnrank.train.backprop`), on a GPU
+replayed as a CUDA graph (`bnrank.train.step`), and never
 synchronizes on a member's value: a member whose objective turns non-finite is masked out
 on-device (its parameters stay as they were at that step) while the others go on unchanged.
 Diagnostics are computed every `log_every` steps at the current parameters on the full training
 set; there a member that meets the stop rule is frozen the same way, so every member's result is
 what it would be if it were trained alone. Training ends when no member is left to train.
+
+A last phase with optimizer "lbfgs" is the float64 second-order finish (`bnrank.train.finish`):
+the model's parameters become float64 and stay so; one step is one L-BFGS iteration (its line
+search's trials included); a member stops as converged at the phase's gradient tolerance, or is
+frozen as failed when its line search finds no decrease (`TrainResult.failed`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from bnrank.config import StopRule, TrainConfig, per_member
 from bnrank.errors import DataError
 from bnrank.models import HOMOGENEOUS, EnsembleModel
 from bnrank.train.backprop import Workspace
+from bnrank.train.finish import LBFGS, ModelObjective
 from bnrank.train.flat import FlatParameters
 from bnrank.train.optim import make_optimizer
 from bnrank.train.schedules import lam_factor, lr_factor, resolve_phase
@@ -41,7 +48,8 @@ class TrainResult:
     """What `fit` did. `metrics` has one row per (logged step, member), columns METRIC_COLUMNS
     (`diverged`/`converged`: the member is frozen from then on). Per member: `diverged_step` is
     the step whose objective was non-finite, `stopped_step` the step at which it met the stop
-    rule (else the last step run). `steps` counts the ensemble's steps."""
+    rule or the finish's gradient tolerance or failed there (else the last step run), `failed`
+    whether the finish's line search failed. `steps` counts the ensemble's steps."""
 
     metrics: pd.DataFrame
     diverged: list[bool]
@@ -51,6 +59,7 @@ class TrainResult:
     steps: int
     stopped_early: bool
     wall_time: float
+    failed: list[bool]
 
 
 def _progress(enabled: bool) -> Progress:
@@ -90,6 +99,9 @@ def fit(
     E, ref = model.members, model.reference
     if config.rebalance_every:
         model.require(HOMOGENEOUS, "train.rebalance_every")
+    finish = config.phases[-1] if config.phases[-1].optimizer == "lbfgs" else None
+    phases = config.phases[:-1] if finish is not None else config.phases
+    x64, y64 = x.to(dtype=torch.float64, device=ref.device), y.to(dtype=torch.float64, device=ref.device)
     x = x.to(dtype=ref.dtype, device=ref.device)
     y = y.to(dtype=ref.dtype, device=ref.device)
     n = x.shape[-2]
@@ -100,11 +112,13 @@ def fit(
         if not torch.isfinite(t).all():
             raise DataError(f"training {name} contains NaN or inf")
     as_vec = lambda v: torch.tensor(v, dtype=ref.dtype, device=ref.device)  # noqa: E731
-    lam_base = as_vec(lam if lam is not None else per_member(config.lam, E))
+    lam_values = lam if lam is not None else per_member(config.lam, E)
+    lam_base = as_vec(lam_values)
     alive = torch.ones(E, dtype=torch.bool, device=ref.device)  # not diverged
     done = torch.zeros(E, dtype=torch.bool, device=ref.device)  # met the stop rule: frozen
     diverged_at = torch.full((E,), -1, dtype=torch.long, device=ref.device)
     stopped_at = [None] * E
+    failed = torch.zeros(E, dtype=torch.bool, device=ref.device)  # the finish's line search failed: frozen
     gen = torch.Generator(device="cpu").manual_seed(seed)
     workspace = Workspace()  # the hot loop allocates no activation-sized tensor
     rows: list[dict] = []
@@ -119,7 +133,7 @@ def fit(
         returns the objective (E,) on the CPU in float64."""
         obj, err, norm, _ = model.objective_and_grads(x, y, lam_t, workspace, config.mse_reduction, flat)
         gnorm = sum(g.square().flatten(1).sum(1) for g in flat.grads).sqrt()
-        bal = model.balance_error() if model.has(HOMOGENEOUS) else torch.full_like(obj, float("nan"))
+        bal = _balance(model, obj)
         now = obj.double().cpu()
         history.append((step, now))
         if config.stop is not None:
@@ -149,7 +163,7 @@ def fit(
 
     with FlatParameters(model) as flat, _progress(show) as bar:
         task = bar.add_task("training", total=total_steps, info="")
-        for phase_idx, phase in enumerate(config.phases):
+        for phase_idx, phase in enumerate(phases):
             phase = resolve_phase(phase, model, x, y, lam_base, config.mse_reduction)  # curvature-scaled lr/momentum (schedules.py)
             opt = make_optimizer(phase, flat.data)
             lr_base = as_vec(per_member(phase.lr, E))
@@ -185,6 +199,10 @@ def fit(
                         break
             if not (alive & ~done).any():
                 break
+        if finish is not None and (alive & ~done).any():
+            lam64 = torch.tensor(lam_values, dtype=torch.float64, device=ref.device)
+            step = _finish(model, x64, y64, lam64, finish, len(phases), config, alive, done, stopped_at, failed,
+                           rows, step, lambda info: bar.update(task, completed=step, info=info))
         bar.update(task, completed=total_steps)
 
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
@@ -198,4 +216,53 @@ def fit(
         steps=step,
         stopped_early=step < total_steps,
         wall_time=time.perf_counter() - start,
+        failed=failed.cpu().tolist(),
     )
+
+
+def _balance(model: EnsembleModel, like: Tensor) -> Tensor:
+    """The balance error per member (E,), NaN for a family without one (not HOMOGENEOUS)."""
+    return model.balance_error() if model.has(HOMOGENEOUS) else torch.full_like(like, float("nan"))
+
+
+def _finish(model, x: Tensor, y: Tensor, lam: Tensor, phase, phase_idx: int, config: TrainConfig, alive: Tensor,
+            done: Tensor, stopped_at: list, failed: Tensor, rows: list, step: int, show) -> int:
+    """Run the "lbfgs" phase on the live members in float64 (the model is promoted in place);
+    updates done/failed/stopped_at and appends metric rows; returns the step count after it."""
+    model.double()
+    evaluate = ModelObjective(model, x, y, lam, config.mse_reduction)
+    opt = LBFGS(evaluate, evaluate.theta(), lam, phase.history, phase.gtol, ~alive | done)
+
+    def log(alpha: Tensor) -> None:
+        evaluate(opt.theta)  # the model at the accepted parameters, with their mse and ‖θ‖²
+        cols = {
+            "objective": opt.f, "mse": evaluate.mse, "param_norm_sq": evaluate.norm_sq, "grad_norm": opt.g.norm(dim=1),
+            "balance_error": _balance(model, opt.f), "lr": alpha, "lam": opt.lam, "diverged": ~alive,
+            "converged": done | opt.converged,
+        }
+        values = {k: v.detach().cpu().tolist() for k, v in cols.items()}
+        for e in range(model.members):
+            rows.append({"step": step, "phase": phase_idx, "member": e} | {k: v[e] for k, v in values.items()})
+
+    def record(before: Tensor) -> None:
+        for e in torch.nonzero((opt.converged | opt.failed) & ~before).flatten().tolist():
+            stopped_at[e] = step
+
+    none = torch.zeros_like(opt.f)
+    record(torch.zeros_like(done))
+    if step == 0:
+        log(none)
+    for t in range(phase.steps):
+        if not opt.live().any():
+            break
+        before = opt.converged | opt.failed
+        alpha = opt.iterate()
+        step += 1
+        record(before)
+        if step % config.log_every == 0 or t == phase.steps - 1 or not opt.live().any():
+            log(alpha)
+            show(f"relative gradient {opt.rel_grad()[opt.live()].max().item():.2e}" if opt.live().any() else "all members stopped")
+    evaluate.load(opt.theta)
+    done.logical_or_(opt.converged)
+    failed.logical_or_(opt.failed & alive)
+    return step

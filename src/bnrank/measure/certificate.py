@@ -1,0 +1,233 @@
+"""A certificate per network: is it at a local minimum of its regularized objective?
+
+Everything is computed in float64 at the given parameters θ (all P weights and biases of one
+network, flattened), for the objective C(θ) = fit(θ) + λ‖θ‖² (bnrank.train.objective):
+
+- ``rel_grad`` = ‖∇C‖ / (‖∇fit‖ + ‖2λθ‖). At a critical point the two terms cancel
+  (∇fit = −2λθ), so this is 0 there and at most 1 anywhere; it is scale-free. With the
+  smallest curvature of the penalty 2λ, a gradient ‖∇C‖ = ε·2λ‖θ‖ puts the objective within about
+  ε²·λ‖θ‖² of a minimum of the local quadratic model, i.e. a relative gap of ~ε² of the penalty.
+- ``balance_error``: neuron balancedness (bnrank.train.rebalance; 0 at any critical point).
+- ``hessian_max`` and ``hessian_min``: largest and smallest eigenvalues of the Hessian of C
+  (ReLU's second derivative read as 0: the Hessian of the net with its activation pattern held),
+  the extreme Ritz values of one Lanczos run (LANCZOS_STEPS steps, full re-orthogonalization,
+  a fixed start) on Hessian-vector products (autograd double backward on the objective of the
+  flat θ, so any differentiable model family works). hessian_min counts as resolved when its
+  residual is at most MIN_EIG_TOL_FACTOR · neg_tol. A Ritz value is the Rayleigh quotient of a
+  vector, so a hessian_min below −neg_tol proves negative curvature even when unresolved.
+- ``kinks`` (ReLU nets): the number of (input, hidden neuron) pre-activations within KINK_TOL of
+  0, relative to their layer's largest. The objective is not differentiable there; a minimum
+  that lies on kinks keeps a one-sided gradient that does not vanish, which this test cannot
+  certify (its verdict is then ``not_converged`` and its reason names the kinks).
+
+Verdict, in this order (`verdict`, with `reason`):
+
+- ``not_converged``: θ or the objective is not finite, λ ≤ 0 (no regularized minimum to
+  certify), ``rel_grad > grad_tol`` (default GRAD_TOL), or Lanczos did not converge for hessian_min while its
+  value is above −neg_tol;
+- ``saddle``: hessian_min < −neg_tol, neg_tol = max(NEG_TOL_FACTOR · 2λ, NEG_TOL_REL ·
+  hessian_max): a fraction of the penalty's curvature 2λ (the smallest curvature a strict
+  minimum of this objective has away from its symmetries), but no finer than Lanczos resolves
+  in LANCZOS_STEPS products (the bottom of a spectrum spread over hessian_max takes
+  ~√(hessian_max / neg_tol) of them);
+- ``local_min`` otherwise: gradient small and no negative curvature beyond neg_tol. Zero
+  eigenvalues are allowed: continuous symmetries (rotations of neurons that are active on every
+  input, of a linear net's hidden layers) leave C unchanged along whole curves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bnrank.config import MseReduction
+from bnrank.models import HOMOGENEOUS
+from bnrank.train.objective import mse_scale
+
+GRAD_TOL = 1e-3
+"""Largest relative gradient of a certified minimum: the objective is then within ~1e-6 of the
+penalty term of the local quadratic model's minimum (module docstring)."""
+NEG_TOL_FACTOR = 0.01
+"""Negative curvature tolerated, as a fraction of the penalty's curvature 2λ."""
+NEG_TOL_REL = 1e-6
+"""...and at least this fraction of hessian_max (what LANCZOS_STEPS Lanczos steps resolve)."""
+KINK_TOL = 1e-9
+"""A pre-activation within KINK_TOL · (its layer's largest |pre-activation|) of 0 is on a kink."""
+MIN_EIG_TOL_FACTOR = 0.1
+"""hessian_min counts as resolved when its Ritz residual is at most MIN_EIG_TOL_FACTOR · neg_tol."""
+LANCZOS_STEPS = 500
+"""Lanczos steps (Hessian-vector products) per network, for both extremes."""
+
+VERDICTS = ("local_min", "saddle", "not_converged")
+
+
+@dataclass
+class Certificate:
+    """One network's certificate; `asdict` keys prefixed ``cert_`` are the table columns."""
+
+    verdict: str
+    reason: str
+    objective: float
+    rel_grad: float
+    grad_norm: float
+    balance_error: float
+    hessian_min: float
+    hessian_max: float
+    neg_tol: float
+    kinks: int
+    hvps: int
+
+    def row(self) -> dict:
+        """The ``cert_*`` columns; a value that is not finite is None (never written as NaN)."""
+        return {f"cert_{k}": None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(self).items()}
+
+
+def _lanczos_extremes(matvec: Callable[[np.ndarray], np.ndarray], n: int) -> tuple[float, float, float, float]:
+    """(smallest, largest) Ritz values of a symmetric n × n operator after min(n, LANCZOS_STEPS)
+    Lanczos steps with full re-orthogonalization from a fixed start, and their residual norms
+    ‖Hv − θv‖ (each Ritz value lies within its residual of an eigenvalue; with n steps, exact)."""
+    k = min(n, LANCZOS_STEPS)
+    basis = np.zeros((k, n))
+    alpha, beta = [], []
+    q = np.random.default_rng(0).standard_normal(n)
+    q /= np.linalg.norm(q)
+    last = 0.0
+    for j in range(k):
+        basis[j] = q
+        w = matvec(q)
+        alpha.append(float(q @ w))
+        for _ in range(2):  # twice is enough (Kahan–Parlett)
+            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
+        last = float(np.linalg.norm(w))
+        if j == k - 1 or last <= 1e-13 * max(abs(a) for a in alpha):
+            break
+        beta.append(last)
+        q = w / last
+    m = len(alpha)
+    t = np.diag(alpha) + np.diag(beta[: m - 1], 1) + np.diag(beta[: m - 1], -1)
+    vals, vecs = np.linalg.eigh(t)
+    res = last * np.abs(vecs[-1])
+    return float(vals[0]), float(vals[-1]), float(res[0]), float(res[-1])
+
+
+def certify_function(
+    objective: Callable[[Tensor], Tensor], theta: Tensor, lam: float, balance: float = float("nan"),
+    kinks: int = 0, grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR,
+) -> Certificate:
+    """The certificate of a scalar objective C(θ) = fit(θ) + lam·‖θ‖² at a flat θ (P,).
+
+    `objective` maps a float64 (P,) tensor to the scalar C (the penalty included); `balance` and
+    `kinks` are reported as they are. See the module docstring for the quantities and the verdict.
+    """
+    theta = theta.detach().to(torch.float64).clone().requires_grad_(True)
+    nan = float("nan")
+
+    def verdict(v: str, reason: str, **kw) -> Certificate:
+        vals = {"objective": nan, "rel_grad": nan, "grad_norm": nan, "hessian_min": nan, "hessian_max": nan,
+                "hvps": 0, "neg_tol": neg_tol_factor * 2 * lam} | kw
+        return Certificate(v, reason, balance_error=balance, kinks=kinks, **vals)
+
+    if not torch.isfinite(theta).all():
+        return verdict("not_converged", "parameters are not finite")
+    with torch.enable_grad():
+        value = objective(theta)
+        if not torch.isfinite(value):
+            return verdict("not_converged", "objective is not finite")
+        (grad,) = torch.autograd.grad(value, theta, create_graph=True)
+    g = grad.detach()
+    penalty = 2 * lam * theta.detach()
+    gnorm = g.norm().item()
+    rel = gnorm / max((g - penalty).norm().item() + penalty.norm().item(), 1e-300)
+    base = {"objective": value.item(), "rel_grad": rel, "grad_norm": gnorm}
+    if not np.isfinite(rel):
+        return verdict("not_converged", "gradient is not finite", **base)
+    count = [0]
+
+    def hvp(v: np.ndarray) -> np.ndarray:
+        count[0] += 1
+        u = torch.as_tensor(v.ravel(), dtype=torch.float64)
+        (hu,) = torch.autograd.grad(grad, theta, grad_outputs=u, retain_graph=True)
+        return hu.detach().numpy()
+
+    h_min, h_max, res_min, _ = _lanczos_extremes(hvp, theta.numel())
+    neg_tol = max(neg_tol_factor * 2 * lam, NEG_TOL_REL * max(h_max, 0.0))
+    ok = res_min <= MIN_EIG_TOL_FACTOR * neg_tol
+    base |= {"hessian_min": h_min, "hessian_max": h_max, "hvps": count[0], "neg_tol": neg_tol}
+    if lam <= 0:
+        return verdict("not_converged", "lambda is 0: no regularized minimum to certify", **base)
+    if rel > grad_tol:
+        on_kinks = f"; {kinks} pre-activations on a ReLU kink, where the gradient is one-sided" if kinks else ""
+        return verdict("not_converged", f"relative gradient {rel:.2e} > {grad_tol:g}{on_kinks}", **base)
+    if not np.isfinite(h_min):
+        return verdict("not_converged", "Hessian eigenvalues are not finite", **base)
+    if h_min < -neg_tol:
+        return verdict("saddle", f"negative curvature {h_min:.3e} < -{neg_tol:.1e}", **base)
+    if not ok:
+        return verdict("not_converged", f"smallest Hessian eigenvalue unresolved in {LANCZOS_STEPS} Lanczos steps", **base)
+    return verdict("local_min", f"relative gradient {rel:.1e}, smallest eigenvalue {h_min:.1e} >= -{neg_tol:.1e}", **base)
+
+
+def _member_objective(model, x: Tensor, y: Tensor, lam: float, reduction: MseReduction) -> tuple[Callable, Tensor]:
+    """(C, θ) for a one-member ensemble: C maps a flat float64 θ to its regularized objective
+    fit + λ·R(θ), through the family's pure `member_forward` and `member_param_norm_sq`, so any
+    model family works."""
+    params = [p.detach()[0] for p in model.parameters()]
+    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
+    scale = mse_scale(reduction, y.shape[-1])
+
+    def objective(theta: Tensor) -> Tensor:
+        parts = [t.view(s) for t, s in zip(torch.split(theta, sizes), shapes)]
+        fit = (model.member_forward(parts, x) - y).square().sum(-1).mean() * scale
+        return fit + lam * model.member_param_norm_sq(parts)
+
+    return objective, torch.cat([p.reshape(-1) for p in params])
+
+
+def certify(
+    model, x: Tensor, y: Tensor, lam: list[float] | float, reduction: MseReduction = "sum",
+    grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR,
+) -> list[Certificate]:
+    """The certificate of every member of `model` on (x, y) at regularization `lam` (one value or
+    one per member): x (N, d_in) shared or (E, N, d_in), y likewise. Member by member, in float64."""
+    members = model.members
+    lams = [float(v) for v in lam] if isinstance(lam, (list, tuple)) else [float(lam)] * members
+    model64 = model.select(list(range(members))).double()
+    bal = model64.balance_error().tolist() if model64.has(HOMOGENEOUS) else [float("nan")] * members
+    kinks = kink_counts(model64, x.to(torch.float64))
+    out = []
+    for e in range(members):
+        one = model64.select([e])
+        xe = (x[e] if x.dim() == 3 else x).to(torch.float64)
+        ye = (y[e] if y.dim() == 3 else y).to(torch.float64)
+        fn, theta = _member_objective(one, xe, ye, lams[e], reduction)
+        out.append(certify_function(fn, theta, lams[e], bal[e], kinks[e], grad_tol, neg_tol_factor))
+    return out
+
+
+def kink_counts(model, x: Tensor) -> list[int]:
+    """Per member: # (input, hidden neuron) pre-activations with |α| ≤ KINK_TOL · max over the
+    layer's |α| (ReLU's kink), not counting neurons that are at the kink on every input (a
+    collapsed neuron, weights and bias ≈ 0: its fit gradient vanishes with its outgoing weights)."""
+    with torch.no_grad():
+        total = torch.zeros(model.members, dtype=torch.long)
+        if getattr(model, "activation", "relu") != "relu":
+            return total.tolist()
+        for alpha in (site.pre for site in model.sites(x) if site.nonlinear):
+            a = alpha.abs()  # (E, N, d)
+            at = a <= KINK_TOL * a.flatten(1).max(1).values[:, None, None]
+            total += (at & ~at.all(1, keepdim=True)).flatten(1).sum(1).cpu()
+        return total.tolist()
+
+
+def certificate_rows(model, x: Tensor, y: Tensor, lam: list[float] | float, reduction: MseReduction = "sum",
+                     enabled: bool = True) -> list[dict]:
+    """One dict of ``cert_*`` columns per member (`certify`; empty dicts unless `enabled`): what a
+    run's summary and a sweep's runs table record for each network (TrainConfig.certify)."""
+    if not enabled:
+        return [{} for _ in range(model.members)]
+    return [c.row() for c in certify(model, x, y, lam, reduction)]

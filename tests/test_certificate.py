@@ -1,0 +1,190 @@
+"""The certificate on closed-form minima of linear nets (docs/theory.md §3), planted saddles, and
+ReLU nets checked against the dense Hessian."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bnrank import EnsembleMLP
+from bnrank.measure.certificate import GRAD_TOL, certify, certify_function
+from bnrank.measure.curvature import _Linearized
+
+
+def _whitened_data(d_in: int, n: int, a: torch.Tensor, seed: int = 0):
+    """X (n, d_in) with XᵀX/n = I and Y = X Aᵀ: the fit term (1/n)‖W X − Y‖² is ‖W − A‖_F²."""
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, d_in, generator=gen, dtype=torch.float64))
+    x = q * math.sqrt(n)
+    return x, x @ a.T
+
+
+def _target(svals, d_out: int, d_in: int, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(d_out, d_out, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(d_in, d_in, generator=gen, dtype=torch.float64))
+    k = len(svals)
+    return u[:, :k] @ torch.diag(torch.tensor(svals, dtype=torch.float64)) @ v[:, :k].T, u, v
+
+
+def _shrunk(a: float, lam: float, depth: int) -> float:
+    """Global minimizer s ≥ 0 of (s − a)² + λ·L·s^{2/L} (the singular value a depth-L linear net keeps)."""
+    if depth == 2:
+        return max(a - lam, 0.0)
+    best, cost = 0.0, a * a
+    for s in np.linspace(1e-6, 2 * a, 20001):  # coarse grid, then Newton on s − a + λ s^{2/L − 1} = 0
+        c = (s - a) ** 2 + lam * depth * s ** (2 / depth)
+        if c < cost:
+            best, cost = s, c
+    if best > 0:
+        for _ in range(50):
+            g = best - a + lam * best ** (2 / depth - 1)
+            h = 1 + lam * (2 / depth - 1) * best ** (2 / depth - 2)
+            best -= g / h
+    return best
+
+
+def _linear_net(svals_kept, u, v, depth: int, width: int, seed: int = 2):
+    """Balanced factors W_ℓ = U_ℓ S^{1/L} U_{ℓ-1}ᵀ of U S Vᵀ with random orthogonal hidden U_ℓ."""
+    gen = torch.Generator().manual_seed(seed)
+    k = len(svals_kept)
+    root = torch.diag(torch.tensor(svals_kept, dtype=torch.float64) ** (1 / depth))
+    frames = [v[:, :k]] + [torch.linalg.qr(torch.randn(width, width, generator=gen, dtype=torch.float64))[0][:, :k]
+                           for _ in range(depth - 1)] + [u[:, :k]]
+    return [frames[i + 1] @ root @ frames[i].T for i in range(depth)]
+
+
+def _linear_objective(x, y, lam, shapes):
+    sizes = [math.prod(s) for s in shapes]
+
+    def objective(theta):
+        out = x.T
+        for t, s in zip(torch.split(theta, sizes), shapes):
+            out = t.view(s) @ out
+        return (out - y.T).square().sum(0).mean() + lam * theta.square().sum()
+
+    return objective
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_closed_form_minimum_of_a_linear_net_is_a_local_min(depth):
+    lam, d_in, d_out, width = 0.1, 4, 3, 5
+    a, u, v = _target([2.0, 1.0, 0.05], d_out, d_in)
+    x, y = _whitened_data(d_in, 12, a)
+    kept = [s for s in (_shrunk(t, lam, depth) for t in (2.0, 1.0, 0.05)) if s > 0]
+    weights = _linear_net(kept, u, v, depth, width)
+    theta = torch.cat([w.reshape(-1) for w in weights])
+    cert = certify_function(_linear_objective(x, y, lam, [w.shape for w in weights]), theta, lam)
+    assert cert.verdict == "local_min", cert.reason
+    assert cert.rel_grad < 1e-12
+    # rotations of the hidden layers leave C unchanged: zero eigenvalues, none negative
+    assert abs(cert.hessian_min) < 1e-6 * cert.neg_tol
+    # the top eigenvalue against the dense Hessian
+    dense = torch.autograd.functional.hessian(_linear_objective(x, y, lam, [w.shape for w in weights]), theta)
+    assert cert.hessian_max == pytest.approx(torch.linalg.eigvalsh(dense)[-1].item(), rel=1e-8)
+
+
+def test_depth_2_linear_net_missing_a_singular_value_is_a_saddle():
+    """Dropping s₂ from the depth-2 minimum leaves a critical point whose Hessian has the
+    eigenvalue 2λ − 2a₂ < 0 along u₂ (w v₂ᵀ, w u₂ᵀ... with w a free hidden direction)."""
+    lam, d_in, d_out, width = 0.1, 4, 3, 5
+    a, u, v = _target([2.0, 1.0], d_out, d_in)
+    x, y = _whitened_data(d_in, 12, a)
+    weights = _linear_net([2.0 - lam], u, v, 2, width)
+    theta = torch.cat([w.reshape(-1) for w in weights])
+    cert = certify_function(_linear_objective(x, y, lam, [w.shape for w in weights]), theta, lam)
+    assert cert.rel_grad < 1e-12
+    assert cert.verdict == "saddle"
+    assert cert.hessian_min == pytest.approx(2 * lam - 2 * 1.0, abs=1e-6)
+    # and the zero net is a saddle too (its top direction: 2λ − 2a₁)
+    zero = certify_function(_linear_objective(x, y, lam, [w.shape for w in weights]), torch.zeros_like(theta), lam)
+    assert zero.verdict == "saddle" and zero.hessian_min == pytest.approx(2 * lam - 2 * 2.0, abs=1e-6)
+
+
+def test_not_converged_reasons():
+    lam = 0.1
+    a, u, v = _target([2.0, 1.0], 3, 4)
+    x, y = _whitened_data(4, 12, a)
+    weights = _linear_net([1.5, 0.5], u, v, 2, 5)  # not the minimum (1.9, 0.9)
+    theta = torch.cat([w.reshape(-1) for w in weights])
+    fn = _linear_objective(x, y, lam, [w.shape for w in weights])
+    far = certify_function(fn, theta, lam)
+    assert far.verdict == "not_converged" and "relative gradient" in far.reason and far.rel_grad > GRAD_TOL
+    bad = certify_function(fn, torch.full_like(theta, float("nan")), lam)
+    assert bad.verdict == "not_converged" and "not finite" in bad.reason
+    huge = certify_function(fn, torch.full_like(theta, 1e200), lam)
+    assert huge.verdict == "not_converged" and "not finite" in huge.reason
+    weights0 = _linear_net([2.0, 1.0], u, v, 2, 5)
+    free = certify_function(_linear_objective(x, y, 0.0, [w.shape for w in weights0]),
+                            torch.cat([w.reshape(-1) for w in weights0]), 0.0)
+    assert free.verdict == "not_converged" and "lambda" in free.reason
+
+
+def _tiny_relu(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(10, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(10, 2, generator=gen, dtype=torch.float64)
+    net = EnsembleMLP.init(2, [3, 4, 4, 2], seeds=[0, 1], dtype=torch.float64)
+    with torch.no_grad():
+        for b in net.biases:
+            b.normal_(0, 0.3, generator=gen)
+    return net, x, y
+
+
+def test_relu_eigenvalues_match_the_dense_hessian_and_the_linearized_product():
+    net, x, y = _tiny_relu()
+    lam = [0.01, 0.03]
+    certs = certify(net, x, y, lam)
+    for e, cert in enumerate(certs):
+        one = net.select([e])
+        params = [p.detach() for p in one.parameters()]
+        shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
+
+        def fn(theta):
+            parts = [t.view(s)[0] for t, s in zip(torch.split(theta, sizes), shapes)]
+            h = x
+            for i in range(one.depth):
+                h = (torch.relu(h) if i else h) @ parts[i].T + parts[one.depth + i]
+            return (h - y).square().sum(-1).mean() + lam[e] * theta.square().sum()
+
+        theta = torch.cat([p.reshape(-1) for p in params])
+        eig = torch.linalg.eigvalsh(torch.autograd.functional.hessian(fn, theta))
+        assert cert.hessian_max == pytest.approx(eig[-1].item(), rel=1e-8)
+        assert cert.hessian_min == pytest.approx(eig[0].item(), abs=0.1 * cert.neg_tol)
+        assert cert.verdict == "not_converged"  # a random point
+        # the ReLU fast path (activation pattern held) gives the same Hessian-vector products
+        pre = one.preactivations(x)
+        inputs = [x] + [torch.relu(p[0]) for p in pre[:-1]]
+        lin = _Linearized([w[0] for w in one.weights], inputs, [p[0] for p in pre])
+        order = [t for i in range(one.depth) for t in (params[i][0].reshape(-1), params[one.depth + i][0])]
+        u = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(e), dtype=torch.float64)
+        hess = torch.autograd.functional.hessian(fn, theta)
+        # the linearized layout is [W_1, b_1, ..., W_L, b_L]; the model's is [W_1..W_L, b_1..b_L]
+        perm = torch.cat([torch.arange(sum(sizes[:j]), sum(sizes[: j + 1]))
+                          for i in range(one.depth) for j in (i, one.depth + i)])
+        assert torch.allclose(lin.hvp(u[perm], y, lam[e]), (hess @ u)[perm], rtol=1e-10, atol=1e-12)
+        assert torch.equal(torch.cat(order), theta[perm])
+
+
+def test_certify_rejects_nothing_on_a_diverged_member_and_says_why():
+    net, x, y = _tiny_relu()
+    with torch.no_grad():
+        net.weights[1][1].fill_(float("inf"))
+    certs = certify(net, x, y, 0.01)
+    assert certs[1].verdict == "not_converged" and "not finite" in certs[1].reason
+    assert math.isfinite(certs[0].hessian_max)
+
+
+def test_kinks_count_pre_activations_at_zero():
+    from bnrank.measure.certificate import kink_counts
+
+    net, x, y = _tiny_relu()
+    assert kink_counts(net, x) == [0, 0]
+    with torch.no_grad():
+        net.weights[0][1, 2].zero_()
+        net.biases[0][1, 2] = 0.0  # neuron 3 of layer 1 of member 1 collapsed: not a kink
+        net.biases[0][0, 1] = -(net.weights[0][0, 1] @ x[4])  # member 0: input 4 at neuron 2's kink
+    assert kink_counts(net, x) == [1, 0]
+    cert = certify(net, x, y, 0.01)[0]
+    assert cert.kinks == 1 and "kink" in cert.reason
