@@ -187,7 +187,31 @@ class MlpConfig(StrictModel):
     bias: bool = True
 
 
-MODEL_CONFIGS: dict[str, type[StrictModel]] = {"mlp": MlpConfig}
+class LeakyResNetConfig(StrictModel):
+    """Leaky ResNet (model.kind "leaky-resnet", bnrank.models.leaky_resnet): `depth` = L layers
+    of width `width` (>= the task's d_in and d_out: inputs are zero-padded into the residual
+    stream, outputs read from its first d_out coordinates), effective depth L̃ =
+    `effective_depth` >= 0, steps ρ_ℓ: "uniform" (1/L each) or L values > 0 summing to 1
+    (within 1e-6, then normalized). Regularizer λ/(2L̃)·Σ ρ_ℓ‖W̃_ℓ‖² (λ/2·Σ ρ_ℓ‖W̃_ℓ‖² at L̃ = 0).
+    Init: see EnsembleLeakyResNet.init."""
+
+    kind: Literal["leaky-resnet"] = "leaky-resnet"
+    depth: int = Field(20, gt=0)
+    width: int = Field(100, gt=0)
+    init_scale: PerMember = 1.0
+    effective_depth: NonNegativeFloat = 1.0
+    steps: Union[Literal["uniform"], list[float]] = "uniform"
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> "LeakyResNetConfig":
+        if self.steps != "uniform":
+            from bnrank.models.leaky_resnet import check_steps
+
+            check_steps(self.steps, self.depth)
+        return self
+
+
+MODEL_CONFIGS: dict[str, type[StrictModel]] = {"mlp": MlpConfig, "leaky-resnet": LeakyResNetConfig}
 """Config class of every model family, by `model.kind` (the families: bnrank.models.registry)."""
 
 
