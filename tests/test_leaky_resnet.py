@@ -166,3 +166,41 @@ def test_train_save_load_analyze(tmp_path):
     summary_mse = [m["mse"] for m in back.summary["members"]]
     np.testing.assert_allclose(res.network.mse, summary_mse, rtol=1e-4)
     np.testing.assert_allclose(res.network.param_norm_sq, back.model.param_norm_sq().double().detach().numpy(), rtol=1e-5)
+
+
+def test_adapt_steps_follows_the_rule():
+    from bnrank.config import AdaptiveSteps
+
+    net = _net(members=3)
+    x, _ = _data()
+    rho, jumps = net.steps.clone(), net.jumps(x)
+    active = torch.tensor([True, False, True])
+    net.adapt_steps_(x, AdaptiveSteps(rate=0.7, min_factor=0.01, max_factor=100), active)
+    log_j = jumps[active].log().mean(0)
+    expected = rho * torch.exp(0.7 * (log_j.mean() - log_j))
+    torch.testing.assert_close(net.steps, expected / expected.sum(), rtol=1e-14, atol=0)
+    net.adapt_steps_(x, AdaptiveSteps(rate=1.0), torch.tensor([False] * 3))  # nobody training: unchanged
+    torch.testing.assert_close(net.steps, expected / expected.sum(), rtol=1e-14, atol=0)
+    net.adapt_steps_(x, AdaptiveSteps(rate=1.0, min_factor=0.9, max_factor=1.1), active)
+    assert net.steps.min() >= 0.9 / 5 * 0.9 and net.steps.max() <= 1.1 / 5 * 1.1
+    assert net.steps.sum().item() == pytest.approx(1.0, abs=1e-14)
+
+
+def test_training_with_adaptive_steps_moves_and_saves_them(tmp_path):
+    cfg = _leaky()
+    cfg["train"]["adaptive_steps"] = {"every": 10, "rate": 1.0}
+    run = bnrank.train(cfg, out=tmp_path / "run", progress=False)
+    steps = run.model.steps
+    assert steps.sum().item() == pytest.approx(1.0, abs=1e-6) and (steps - 0.25).abs().max() > 1e-3
+    back = bnrank.load_run(tmp_path / "run")
+    assert back.model.steps.tolist() == steps.tolist()
+
+
+def test_adaptive_steps_on_an_mlp_is_one_error_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    data = tiny_config()
+    data["train"]["adaptive_steps"] = {"every": 10}
+    cfg.write_text(yaml.safe_dump(data))
+    code, _, err = cli("train", cfg, "--out", tmp_path / "run", "-q")
+    one_line_error(code, err, "train.adaptive_steps needs a layer steps model")
+    assert not (tmp_path / "run").exists()

@@ -293,6 +293,18 @@ class StopRule(StrictModel):
     min_steps: int = Field(0, ge=0)
 
 
+class AdaptiveSteps(StrictModel):
+    """Re-balance the layer steps ρ_ℓ of a Leaky ResNet every `every` steps so that the relative
+    jumps J_ℓ = ‖A_ℓ − A_{ℓ-1}‖/‖A_ℓ‖ on the training set even out (bnrank.models.leaky_resnet,
+    `adapt_steps_`): ρ_ℓ ← ρ_ℓ·(J̄/J_ℓ)^rate, J̄ the geometric mean, then clipped to
+    [min_factor/L, max_factor/L] and normalized to sum 1."""
+
+    every: int = Field(100, gt=0)
+    rate: float = Field(0.5, gt=0, le=1)
+    min_factor: float = Field(0.25, gt=0, le=1)
+    max_factor: float = Field(4.0, ge=1, allow_inf_nan=False)
+
+
 MseReduction = Literal["sum", "mean"]
 """The objective's fit term: see bnrank.train.objective."""
 
@@ -306,6 +318,7 @@ class TrainConfig(StrictModel):
     phases: list[Phase] = Field(default_factory=lambda: [Phase()], min_length=1)
     log_every: int = Field(100, gt=0)
     rebalance_every: int = Field(0, ge=0)
+    adaptive_steps: AdaptiveSteps | None = None
     stop: StopRule | None = None
 
 

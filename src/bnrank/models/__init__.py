@@ -8,8 +8,8 @@
 
 from bnrank.models.ensemble import EnsembleMLP
 from bnrank.models.leaky_resnet import EnsembleLeakyResNet
-from bnrank.models.family import HOMOGENEOUS, LAYERED_PRODUCT, EnsembleModel, LayerKey, Site
+from bnrank.models.family import HOMOGENEOUS, LAYER_STEPS, LAYERED_PRODUCT, EnsembleModel, LayerKey, Site
 from bnrank.models.registry import FAMILIES, build_model, family
 
-__all__ = ["EnsembleMLP", "EnsembleLeakyResNet", "EnsembleModel", "HOMOGENEOUS", "LAYERED_PRODUCT", "LayerKey", "Site", "FAMILIES",
+__all__ = ["EnsembleMLP", "EnsembleLeakyResNet", "EnsembleModel", "HOMOGENEOUS", "LAYER_STEPS", "LAYERED_PRODUCT", "LayerKey", "Site", "FAMILIES",
            "build_model", "family"]

@@ -17,6 +17,10 @@ Regularizer (the paper's λ/(2L̃) Σ ρ_ℓ ‖W̃_ℓ‖², written as C = fit
 so train.lam is the paper's λ. At L̃ = 0 the factor 1/L̃ is undefined; it only rescales λ there.
 
 ρ and L̃ belong to the architecture: all members share them (a checkpoint's metadata holds them).
+train.adaptive_steps re-balances ρ during training (`adapt_steps_`) from the members' pooled
+jumps, so with it the members of one ensemble are coupled through ρ (a member frozen by the
+stop rule keeps its parameters, not its steps): train one member per ensemble for independent
+results.
 The gradient has a hand-written batched fast path, equal to the generic torch.func one
 (tests/test_leaky_resnet.py).
 """
@@ -31,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from bnrank.errors import ConfigError, ModelError
-from bnrank.models.family import EnsembleModel, LayerKey, Site
+from bnrank.models.family import LAYER_STEPS, EnsembleModel, LayerKey, Site
 
 STEP_SUM_TOL = 1e-6
 """Steps ρ_ℓ are accepted when |Σ_ℓ ρ_ℓ − 1| ≤ STEP_SUM_TOL; they are then divided by their sum."""
@@ -60,7 +64,7 @@ class EnsembleLeakyResNet(EnsembleModel):
     """E Leaky ResNets of width w = weights[0].shape[1] with `depth` = len(weights) layers."""
 
     kind = "leaky-resnet"
-    capabilities = frozenset()  # not positively homogeneous (the skip path), no layered product
+    capabilities = frozenset({LAYER_STEPS})  # not positively homogeneous (the skip path), no layered product
 
     def __init__(self, weights: Sequence[Tensor], biases: Sequence[Tensor], d_in: int, d_out: int,
                  effective_depth: float, steps: Sequence[float] | None = None):
@@ -240,6 +244,28 @@ class EnsembleLeakyResNet(EnsembleModel):
                     dst.copy_(g)
                 grads = list(flat.grads)
         return objective, err, norm_sq, grads
+
+    # -- adaptive layer steps -------------------------------------------------------------------
+
+    def jumps(self, x: Tensor) -> Tensor:
+        """Relative jumps ‖A_ℓ − A_{ℓ-1}‖_F / ‖A_ℓ‖_F over the inputs x, ℓ = 1..L: (E, L)."""
+        with torch.no_grad():
+            reps = self.representations(x)
+            return torch.stack([torch.linalg.vector_norm(b - a, dim=(1, 2)) / torch.linalg.vector_norm(b, dim=(1, 2))
+                                for a, b in zip(reps[:-1], reps[1:])], 1)
+
+    def adapt_steps_(self, x: Tensor, rule, active: Tensor) -> None:
+        """ρ_ℓ ← ρ_ℓ·(J̄/J_ℓ)^rate (J_ℓ the relative jumps on x, J̄ their geometric mean), clipped to
+        [min_factor/L, max_factor/L], normalized; in place. The members share ρ, so log J_ℓ is
+        averaged over the `active` members (none active: unchanged). A layer's jump is about
+        ρ_ℓ times the path's speed there, so rate 1 evens the jumps out at the current speeds."""
+        if not bool(active.any()):
+            return
+        with torch.no_grad():
+            log_j = self.jumps(x).clamp_min(1e-300).log()[active].mean(0)
+            rho = self.steps * torch.exp(rule.rate * (log_j.mean() - log_j))
+            rho = (rho / rho.sum()).clamp(rule.min_factor / self.depth, rule.max_factor / self.depth)
+            self.steps.copy_(rho / rho.sum())
 
     # -- what analyze measures ------------------------------------------------------------------
 
