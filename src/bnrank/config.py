@@ -152,6 +152,23 @@ class MaternCompositionTask(StrictModel):
         return self
 
 
+class TeacherTask(StrictModel):
+    """Bottleneck teacher (bnrank.tasks.teacher): x ~ N(0, I_d_in), y = h(g(x)) with random
+    one-hidden-layer ReLU nets g: R^d_in → R^rank and h: R^rank → R^d_out of width `hidden`;
+    x and y standardized; bottleneck rank ≤ rank. Default 30 → 3 → 30 (Leaky ResNet paper)."""
+
+    kind: Literal["teacher"] = "teacher"
+    d_in: int = Field(30, gt=0)
+    rank: int = Field(3, gt=0)
+    d_out: int = Field(30, gt=0)
+    hidden: int = Field(100, gt=0)
+    bias_std: NonNegativeFloat = 0.5
+    n_train: int = Field(1000, gt=0)
+    n_test: int = Field(500, ge=0)
+    noise: NonNegativeFloat = 0.0
+    seed: int = 0
+
+
 def _task_kind(value: Any) -> Any:
     """The task's `kind`; a mapping without one is a composition task (the default kind)."""
     return value.get("kind", "composition") if isinstance(value, dict) else getattr(value, "kind", None)
@@ -162,13 +179,14 @@ TaskConfig = Annotated[
         Annotated[CompositionTask, Tag("composition")],
         Annotated[SymmetryTask, Tag("symmetry")],
         Annotated[MaternCompositionTask, Tag("matern-composition")],
+        Annotated[TeacherTask, Tag("teacher")],
     ],
     Discriminator(
         _task_kind, custom_error_type="task_kind",
-        custom_error_message="kind must be 'composition', 'symmetry' or 'matern-composition'",
+        custom_error_message="kind must be 'composition', 'symmetry', 'matern-composition' or 'teacher'",
     ),
 ]
-_TASK_KINDS = {"composition", "symmetry", "matern-composition"}
+_TASK_KINDS = {"composition", "symmetry", "matern-composition", "teacher"}
 
 
 class MlpConfig(StrictModel):
