@@ -5,7 +5,7 @@ members): the Leaky ResNet's hand-written path, its generic torch.func path, and
 hand-written backprop, for E members of width w, L layers, d_in = d_out = 30, N points, float32.
 Medians of interleaved repeats.
 
-    .venv/bin/python bench/leaky_resnet.py [--members 4] [--n 1000] [--width 100] [--depth 20]
+    .venv/bin/python bench/leaky_resnet.py [--members 4] [--n 1000] [--width 100] [--depth 20] [--threads 1]
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--calls", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     d = 30
     x, y = torch.randn(a.n, d), torch.randn(a.n, d)
     lam = torch.full((a.members,), 1e-3)

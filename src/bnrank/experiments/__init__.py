@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, str] = {}
 EXPERIMENTS["fig2"] = "bnrank.experiments.fig2"
 EXPERIMENTS["fig1"] = "bnrank.experiments.fig1"
 EXPERIMENTS["iclr-rank"] = "bnrank.experiments.iclr_rank"
+EXPERIMENTS["leaky-resnet"] = "bnrank.experiments.leaky_resnet"
 
 
 def get_experiment(name: str) -> ModuleType:
