@@ -56,7 +56,7 @@ class Preset:
     steps every `adapt_every` steps at rate `adapt_rate` at the largest L̃; `threads` torch
     threads; the rank threshold of the representations `threshold` (relative to the largest)."""
 
-    effective_depths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    effective_depths: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     depth: int = 20
     width: int = 100
     n_train: int = 1000
@@ -64,7 +64,7 @@ class Preset:
     lam: float = 0.002
     steps: int = 20000
     lr: float = 3e-3
-    init_scale: float = 1.0
+    init_scale: float = 0.3
     adapt_every: int = 100
     adapt_rate: float = 0.5
     threads: int | None = 1
@@ -77,7 +77,7 @@ PRESETS: dict[str, Preset] = {
     # Seconds: a smoke test of the pipeline (tests/test_leaky_experiment.py), not a result.
     "tiny": Preset(effective_depths=(1.0, 4.0), depth=4, width=32, n_train=40, members=1, steps=60, adapt_every=20),
     # Minutes on one CPU core: smaller width, N and depth, the paper's task.
-    "quick": Preset(effective_depths=(1.0, 2.0, 4.0), depth=10, width=40, n_train=300, members=1, steps=3000),
+    "quick": Preset(effective_depths=(1.0, 2.0, 4.0), depth=10, width=40, n_train=300, members=1, steps=5000),
     # The paper's sizes: N = 1000, width 100, L = 20.
     "paper": Preset(),
 }
