@@ -204,3 +204,19 @@ def test_adaptive_steps_on_an_mlp_is_one_error_line(tmp_path):
     code, _, err = cli("train", cfg, "--out", tmp_path / "run", "-q")
     one_line_error(code, err, "train.adaptive_steps needs a layer steps model")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_over_effective_depth_runs_and_matches_cells_trained_alone(tmp_path):
+    from bnrank.sweep import expand, group_cells, load_spec, run_sweep
+
+    base = _leaky()
+    del base["members"]
+    spec = {"name": "leaky", "base": base, "grid": {"model.effective_depth": [1.0, 4.0], "train.lam": [0.01, 0.001]},
+            "trials": 1, "max_members": 2, "analyze": False}
+    runs = run_sweep(spec, tmp_path / "sw", progress=False).runs
+    assert len(runs) == 4 and runs.objective.notna().all()
+    [cell] = [c for c in expand(load_spec(spec)) if c.config.model.effective_depth == 4.0 and c.config.train.lam == 0.01]
+    alone = bnrank.train(cell.config, progress=False)
+    row = runs[(runs.cell_id == cell.cell_id)]
+    assert alone.summary["members"][0]["objective"] == pytest.approx(float(row.objective.iloc[0]), rel=1e-6)
+    assert len(group_cells(expand(load_spec(spec)), max_members=2)) == 2  # one ensemble per L̃
