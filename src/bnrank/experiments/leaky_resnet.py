@@ -77,7 +77,7 @@ PRESETS: dict[str, Preset] = {
     # Seconds: a smoke test of the pipeline (tests/test_leaky_experiment.py), not a result.
     "tiny": Preset(effective_depths=(1.0, 4.0), depth=4, width=32, n_train=40, members=1, steps=60, adapt_every=20),
     # Minutes on one CPU core: smaller width, N and depth, the paper's task.
-    "quick": Preset(effective_depths=(1.0, 2.0, 4.0), depth=10, width=40, n_train=300, members=1, steps=5000),
+    "quick": Preset(effective_depths=(1.0, 2.0, 4.0, 8.0), depth=10, width=40, n_train=300, members=1, steps=5000),
     # The paper's sizes: N = 1000, width 100, L = 20.
     "paper": Preset(),
 }
