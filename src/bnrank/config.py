@@ -473,7 +473,8 @@ def load_run_config(path: str | Path | None = None, assignments: list[str] = ())
     return validate(RunConfig, override(data or {}, list(assignments)), source=str(path or "config"))
 
 
-NEUTRAL_DEFAULTS: dict[str, Any] = {"model.kind": "mlp", "model.activation": "relu", "model.bias": True}
+NEUTRAL_DEFAULTS: dict[str, Any] = {"model.kind": "mlp", "model.activation": "relu", "model.bias": True,
+                                    "train.adaptive_steps": None}
 """Config fields whose value here gives exactly the network a config without the field gives:
 content hashes leave them out at that value (`canonical_dump`), so a config written before the
 field existed keeps its sweep cell id. Keys are dotted paths; ``*`` matches every list item."""
