@@ -53,7 +53,8 @@ class Preset:
     """`members` seeds per (variant, L̃) of a depth-`depth`, width-`width` Leaky ResNet on the
     30 → 3 → 30 teacher with `n_train` points, λ = `lam` (the paper's λ of λ/(2L̃)Σρ‖W̃‖²),
     `steps` Adam steps at peak `lr` (cosine to lr/100), init scale `init_scale`; adaptive
-    steps every `adapt_every` steps at rate `adapt_rate` at the largest L̃; `threads` torch
+    steps every `adapt_every` steps at rate `adapt_rate` at the L̃ of `adaptive_depths` (empty:
+    the largest L̃; the last one is compared in summary.json and adaptive.png); `threads` torch
     threads; the rank threshold of the representations `threshold` (relative to the largest)."""
 
     effective_depths: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
