@@ -203,6 +203,23 @@ class FileTask(StrictModel):
         return data
 
 
+class TeacherTask(StrictModel):
+    """Bottleneck teacher (bnrank.tasks.teacher): x ~ N(0, I_d_in), y = h(g(x)) with random
+    one-hidden-layer ReLU nets g: R^d_in → R^rank and h: R^rank → R^d_out of width `hidden`;
+    x and y standardized; bottleneck rank ≤ rank. Default 30 → 3 → 30 (Leaky ResNet paper)."""
+
+    kind: Literal["teacher"] = "teacher"
+    d_in: int = Field(30, gt=0)
+    rank: int = Field(3, gt=0)
+    d_out: int = Field(30, gt=0)
+    hidden: int = Field(100, gt=0)
+    bias_std: NonNegativeFloat = 0.5
+    n_train: int = Field(1000, gt=0)
+    n_test: int = Field(500, ge=0)
+    noise: NonNegativeFloat = 0.0
+    seed: int = 0
+
+
 def _task_kind(value: Any) -> Any:
     """The task's `kind`; a mapping without one is a composition task (the default kind)."""
     return value.get("kind", "composition") if isinstance(value, dict) else getattr(value, "kind", None)
@@ -214,13 +231,14 @@ TaskConfig = Annotated[
         Annotated[SymmetryTask, Tag("symmetry")],
         Annotated[MaternCompositionTask, Tag("matern-composition")],
         Annotated[FileTask, Tag("file")],
+        Annotated[TeacherTask, Tag("teacher")],
     ],
     Discriminator(
         _task_kind, custom_error_type="task_kind",
-        custom_error_message="kind must be 'composition', 'symmetry', 'matern-composition' or 'file'",
+        custom_error_message="kind must be 'composition', 'symmetry', 'matern-composition', 'file' or 'teacher'",
     ),
 ]
-_TASK_KINDS = {"composition", "symmetry", "matern-composition", "file"}
+_TASK_KINDS = {"composition", "symmetry", "matern-composition", "file", "teacher"}
 
 
 class MlpConfig(StrictModel):
@@ -239,7 +257,31 @@ class MlpConfig(StrictModel):
     bias: bool = True
 
 
-MODEL_CONFIGS: dict[str, type[StrictModel]] = {"mlp": MlpConfig}
+class LeakyResNetConfig(StrictModel):
+    """Leaky ResNet (model.kind "leaky-resnet", bnrank.models.leaky_resnet): `depth` = L layers
+    of width `width` (>= the task's d_in and d_out: inputs are zero-padded into the residual
+    stream, outputs read from its first d_out coordinates), effective depth L̃ =
+    `effective_depth` >= 0, steps ρ_ℓ: "uniform" (1/L each) or L values > 0 summing to 1
+    (within 1e-6, then normalized). Regularizer λ/(2L̃)·Σ ρ_ℓ‖W̃_ℓ‖² (λ/2·Σ ρ_ℓ‖W̃_ℓ‖² at L̃ = 0).
+    Init: see EnsembleLeakyResNet.init."""
+
+    kind: Literal["leaky-resnet"] = "leaky-resnet"
+    depth: int = Field(20, gt=0)
+    width: int = Field(100, gt=0)
+    init_scale: PerMember = 1.0
+    effective_depth: NonNegativeFloat = 1.0
+    steps: Union[Literal["uniform"], list[float]] = "uniform"
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> "LeakyResNetConfig":
+        if self.steps != "uniform":
+            from bnrank.models.leaky_resnet import check_steps
+
+            check_steps(self.steps, self.depth)
+        return self
+
+
+MODEL_CONFIGS: dict[str, type[StrictModel]] = {"mlp": MlpConfig, "leaky-resnet": LeakyResNetConfig}
 """Config class of every model family, by `model.kind` (the families: bnrank.models.registry)."""
 
 
@@ -331,6 +373,18 @@ class StopRule(StrictModel):
     min_steps: int = Field(0, ge=0)
 
 
+class AdaptiveSteps(StrictModel):
+    """Re-balance the layer steps ρ_ℓ of a Leaky ResNet every `every` steps so that the relative
+    jumps J_ℓ = ‖A_ℓ − A_{ℓ-1}‖/‖A_ℓ‖ on the training set even out (bnrank.models.leaky_resnet,
+    `adapt_steps_`): ρ_ℓ ← ρ_ℓ·(J̄/J_ℓ)^rate, J̄ the geometric mean, then clipped to
+    [min_factor/L, max_factor/L] and normalized to sum 1."""
+
+    every: int = Field(100, gt=0)
+    rate: float = Field(0.5, gt=0, le=1)
+    min_factor: float = Field(0.25, gt=0, le=1)
+    max_factor: float = Field(4.0, ge=1, allow_inf_nan=False)
+
+
 MseReduction = Literal["sum", "mean"]
 """The objective's fit term: see bnrank.train.objective."""
 
@@ -347,6 +401,7 @@ class TrainConfig(StrictModel):
     phases: list[Phase] = Field(default_factory=lambda: [Phase()], min_length=1)
     log_every: int = Field(100, gt=0)
     rebalance_every: int = Field(0, ge=0)
+    adaptive_steps: AdaptiveSteps | None = None
     stop: StopRule | None = None
     certify: bool = False
 
@@ -520,7 +575,7 @@ def load_run_config(path: str | Path | None = None, assignments: list[str] = ())
 
 NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.kind": "mlp", "model.activation": "relu", "model.bias": True,
-    "train.certify": False, "train.phases.*.history": 20, "train.phases.*.gtol": 1e-8,
+    "train.certify": False, "train.phases.*.history": 20, "train.phases.*.gtol": 1e-8, "train.adaptive_steps": None,
 }
 """Config fields whose value here gives exactly the network a config without the field gives:
 content hashes leave them out at that value (`canonical_dump`), so a config written before the

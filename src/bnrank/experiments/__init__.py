@@ -21,6 +21,7 @@ EXPERIMENTS["fig2"] = "bnrank.experiments.fig2"
 EXPERIMENTS["fig1"] = "bnrank.experiments.fig1"
 EXPERIMENTS["iclr-rank"] = "bnrank.experiments.iclr_rank"
 EXPERIMENTS["compositional-scaling"] = "bnrank.experiments.compositional"
+EXPERIMENTS["leaky-resnet"] = "bnrank.experiments.leaky_resnet"
 
 
 def get_experiment(name: str) -> ModuleType:

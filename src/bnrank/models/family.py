@@ -43,6 +43,11 @@ hand-written Jacobian, NTK-trace and curvature products apply (bnrank.measure.ja
 bnrank.measure.curvature)."""
 
 
+LAYER_STEPS = "layer_steps"
+"""The network has layer steps ρ_ℓ (shared by the members) that `adapt_steps_` can re-balance
+during training (train.adaptive_steps)."""
+
+
 @dataclass(frozen=True)
 class Site:
     """A named representation of N inputs: `pre` and `post` (E, N, d), post = σ(pre) for the
@@ -203,6 +208,12 @@ class EnsembleModel(nn.Module):
         """Re-balance every hidden unit in place (f unchanged, R(θ) never increases); members with
         ``active[e] = False`` untouched."""
         self.require(HOMOGENEOUS, "re-balancing")
+        raise NotImplementedError
+
+    def adapt_steps_(self, x: Tensor, rule, active: Tensor) -> None:
+        """Re-balance the layer steps in place from the representations of x (LAYER_STEPS
+        families; `rule` a bnrank.config.AdaptiveSteps, `active` (E,) the members training)."""
+        self.require(LAYER_STEPS, "train.adaptive_steps")
         raise NotImplementedError
 
     # -- what analyze measures ------------------------------------------------------------------

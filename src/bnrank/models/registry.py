@@ -9,8 +9,9 @@ import torch
 from bnrank.errors import ModelError
 from bnrank.models.ensemble import EnsembleMLP
 from bnrank.models.family import EnsembleModel
+from bnrank.models.leaky_resnet import EnsembleLeakyResNet
 
-FAMILIES: dict[str, type[EnsembleModel]] = {EnsembleMLP.kind: EnsembleMLP}
+FAMILIES: dict[str, type[EnsembleModel]] = {EnsembleMLP.kind: EnsembleMLP, EnsembleLeakyResNet.kind: EnsembleLeakyResNet}
 """Every model family, by the `kind` of its config (bnrank.config.MODEL_CONFIGS)."""
 
 

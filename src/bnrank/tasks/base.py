@@ -55,7 +55,8 @@ def make_task(cfg) -> TaskData:
     from bnrank.tasks.file import file_task
     from bnrank.tasks.matern import matern_composition_task
     from bnrank.tasks.symmetry import symmetry_task
+    from bnrank.tasks.teacher import teacher_task
 
     builders = {"composition": composition_task, "symmetry": symmetry_task, "matern-composition": matern_composition_task,
-                "file": file_task}
+                "file": file_task, "teacher": teacher_task}
     return builders[cfg.kind](cfg)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from bnrank.config import StopRule, TrainConfig, per_member
 from bnrank.errors import DataError
-from bnrank.models import HOMOGENEOUS, EnsembleModel
+from bnrank.models import HOMOGENEOUS, LAYER_STEPS, EnsembleModel
 from bnrank.train.backprop import Workspace
 from bnrank.train.finish import LBFGS, ModelObjective
 from bnrank.train.flat import FlatParameters
@@ -102,6 +102,8 @@ def fit(
     finish = config.phases[-1] if config.phases[-1].optimizer == "lbfgs" else None
     phases = config.phases[:-1] if finish is not None else config.phases
     x64, y64 = x.to(dtype=torch.float64, device=ref.device), y.to(dtype=torch.float64, device=ref.device)
+    if config.adaptive_steps is not None:
+        model.require(LAYER_STEPS, "train.adaptive_steps")
     x = x.to(dtype=ref.dtype, device=ref.device)
     y = y.to(dtype=ref.dtype, device=ref.device)
     n = x.shape[-2]
@@ -190,6 +192,8 @@ def fit(
                 step += 1
                 if config.rebalance_every and step % config.rebalance_every == 0:
                     model.rebalance_(active=alive & ~done)
+                if config.adaptive_steps is not None and step % config.adaptive_steps.every == 0:
+                    model.adapt_steps_(x, config.adaptive_steps, alive & ~done)
                 if step % config.log_every == 0 or t == phase.steps - 1:
                     now = log(phase_idx, lr_base * lr_factor(phase, t), lam_t)
                     training = (alive & ~done).cpu()
