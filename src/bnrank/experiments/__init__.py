@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, str] = {}
 EXPERIMENTS["fig2"] = "bnrank.experiments.fig2"
 EXPERIMENTS["fig1"] = "bnrank.experiments.fig1"
 EXPERIMENTS["iclr-rank"] = "bnrank.experiments.iclr_rank"
+EXPERIMENTS["saddle-to-saddle"] = "bnrank.experiments.saddle_to_saddle"
 
 
 def get_experiment(name: str) -> ModuleType:
