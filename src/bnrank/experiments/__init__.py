@@ -21,6 +21,7 @@ EXPERIMENTS["fig2"] = "bnrank.experiments.fig2"
 EXPERIMENTS["fig1"] = "bnrank.experiments.fig1"
 EXPERIMENTS["iclr-rank"] = "bnrank.experiments.iclr_rank"
 EXPERIMENTS["saddle-to-saddle"] = "bnrank.experiments.saddle_to_saddle"
+EXPERIMENTS["l2-linear"] = "bnrank.experiments.l2_linear"
 
 
 def get_experiment(name: str) -> ModuleType:

@@ -92,7 +92,9 @@ def train_dln(net: EnsembleMLP, x: Tensor, y: Tensor, lam, lr, steps: int, recor
             norm = sum(w.square().sum((1, 2)) for w in weights)
             rows["fit"].append(fit.cpu().numpy())
             rows["objective"].append((fit + lam_t * norm).cpu().numpy())
-            rows["sv"].append(torch.linalg.svdvals(a.double()).cpu().numpy())
+            finite = torch.isfinite(a).all(2).all(1)
+            sv = torch.linalg.svdvals(torch.where(finite[:, None, None], a, 0.0).double())
+            rows["sv"].append(torch.where(finite[:, None], sv, float("nan")).cpu().numpy())  # NaN: a diverged member
 
     targets = iter(record)
     nxt = next(targets, None)
