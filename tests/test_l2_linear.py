@@ -14,7 +14,7 @@ from bnrank.experiments.l2_linear import matrix_rank
 
 def test_matrix_rank_is_relative_and_marks_diverged_rows():
     sv = np.array([[4.0, 0.05, 0.03], [1.0, 0.5, 0.0], [np.nan, np.nan, np.nan]])
-    assert matrix_rank(sv, 1e-2).tolist() == [3, 2, -1]
+    assert matrix_rank(sv, 1e-2).tolist() == [2, 2, -1]  # 0.05 > 0.04 > 0.03
     assert matrix_rank(sv, 0.1).tolist() == [1, 2, -1]
 
 

@@ -86,7 +86,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(n=6, observed=0.7, init_scales=(0.3, 2.0), seeds=(0,), gd_steps=300, sgd_steps=200, sgd_repeats=1,
                    records=20, depths=(2, 3), depth_seeds=(0,), cost_tol=1.0),
-    "quick": Preset(),
+    "quick": Preset(gd_steps=40000),
     "paper": Preset(n=30, rank=3, observed=0.4, lr=0.001, init_scales=(0.3, 0.6, 1.0, 1.5, 2.0, 2.5, 3.0), seeds=tuple(range(8)),
                     gd_steps=200000, sgd_steps=200000, sgd_repeats=8, records=300, depths=(2, 3, 4, 5, 6),
                     depth_seeds=tuple(range(8)), cost_tol=1e-3, threads=None),
@@ -125,6 +125,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
     Returns the summary written to ``summary.json``: preset, spec, rank_rule; minima: per GD
     end point (init scale, seed) its rank, fit, objective, ‖θ‖², closed-form cost and their
     relative gap; sgd: up/down jump counts over all SGD runs and over the GD control runs,
+    how many SGD runs end at a lower (higher) rank than the GD control from the same point,
     rank at start and end per run; depth: rank per depth and seed; checks: minima_ranks_differ
     (≥ 2 distinct ranks among the GD end points), cost_matches_closed_form (every gap ≤
     cost_tol), sgd_one_way (SGD never raised a rank, and lowered one at least once),
@@ -191,11 +192,17 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
         "depth_lowers_rank": bool(np.all(np.diff(medians.to_numpy()) <= 0) and medians.iloc[-1] < medians.iloc[0]),
     }
     runs = sgd_df.groupby(["kind", "repeat", "init_scale", "seed"])["rank"]
+    end = runs.last()
+    gd_end = end.loc["gd"].droplevel("repeat")
+    sgd_end = end.loc["sgd"]
+    below = int(sum(sgd_end.loc[rep].loc[key] < gd_end.loc[key] for rep, *key in sgd_end.index.map(tuple)))
+    above = int(sum(sgd_end.loc[rep].loc[key] > gd_end.loc[key] for rep, *key in sgd_end.index.map(tuple)))
     summary = {
         "preset": preset, "spec": dict(spec.__dict__), "rank_rule": RANK_RULE, "planted_rank": spec.rank,
         "n_observed": task.metadata["n_observed"], "minima": minima,
         "sgd": {"sgd_up_jumps": counts["sgd"][0], "sgd_down_jumps": counts["sgd"][1], "gd_control_up_jumps": counts["gd"][0],
                 "gd_control_down_jumps": counts["gd"][1], "runs": int(spec.sgd_repeats * len(pairs)),
+                "sgd_ends_below_gd": below, "sgd_ends_above_gd": above,
                 "rank_start_end": [[k[0], k[1], k[2], k[3], int(v.iloc[0]), int(v.iloc[-1])] for k, v in runs]},
         "depth": {str(d): depth_df[depth_df.depth == d]["rank"].tolist() for d in spec.depths},
         "checks": checks, "passed": all(checks.values()), "wall_time_s": time.perf_counter() - start,
@@ -254,7 +261,8 @@ def _print(summary: dict, out: Path) -> None:
                       f"‖θ‖² {m['param_norm_sq']:.4f}  closed form {m['closed_form_cost']:.4f}  gap {m['gap']:.1e}")
     s = summary["sgd"]
     console.print(f"  SGD: {s['sgd_up_jumps']} rank jumps up, {s['sgd_down_jumps']} down over {s['runs']} runs "
-                  f"(GD control: {s['gd_control_up_jumps']} up, {s['gd_control_down_jumps']} down)")
+                  f"(GD control: {s['gd_control_up_jumps']} up, {s['gd_control_down_jumps']} down); "
+                  f"{s['sgd_ends_below_gd']} SGD runs end below GD's rank, {s['sgd_ends_above_gd']} above")
     console.print(f"  rank by depth: {summary['depth']}   time {summary['wall_time_s']:.0f} s")
     for name, ok in summary["checks"].items():
         console.print(f"  {'PASS' if ok else 'FAIL'}  {name}")
