@@ -192,17 +192,16 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
         "depth_lowers_rank": bool(np.all(np.diff(medians.to_numpy()) <= 0) and medians.iloc[-1] < medians.iloc[0]),
     }
     runs = sgd_df.groupby(["kind", "repeat", "init_scale", "seed"])["rank"]
-    end = runs.last()
-    gd_end = end.loc["gd"].droplevel("repeat")
-    sgd_end = end.loc["sgd"]
-    below = int(sum(sgd_end.loc[rep].loc[key] < gd_end.loc[key] for rep, *key in sgd_end.index.map(tuple)))
-    above = int(sum(sgd_end.loc[rep].loc[key] > gd_end.loc[key] for rep, *key in sgd_end.index.map(tuple)))
+    last = sgd_df.sort_values("step").groupby(["kind", "repeat", "init_scale", "seed"])["rank"].last()
+    gd_last = {(scale, seed): r for (kind, _, scale, seed), r in last.items() if kind == "gd"}
+    sgd_last = [(r, gd_last[(scale, seed)]) for (kind, _, scale, seed), r in last.items() if kind == "sgd"]
+    below, above = sum(r < g for r, g in sgd_last), sum(r > g for r, g in sgd_last)
     summary = {
         "preset": preset, "spec": dict(spec.__dict__), "rank_rule": RANK_RULE, "planted_rank": spec.rank,
         "n_observed": task.metadata["n_observed"], "minima": minima,
         "sgd": {"sgd_up_jumps": counts["sgd"][0], "sgd_down_jumps": counts["sgd"][1], "gd_control_up_jumps": counts["gd"][0],
                 "gd_control_down_jumps": counts["gd"][1], "runs": int(spec.sgd_repeats * len(pairs)),
-                "sgd_ends_below_gd": below, "sgd_ends_above_gd": above,
+                "sgd_ends_below_gd": int(below), "sgd_ends_above_gd": int(above),
                 "rank_start_end": [[k[0], k[1], k[2], k[3], int(v.iloc[0]), int(v.iloc[-1])] for k, v in runs]},
         "depth": {str(d): depth_df[depth_df.depth == d]["rank"].tolist() for d in spec.depths},
         "checks": checks, "passed": all(checks.values()), "wall_time_s": time.perf_counter() - start,
