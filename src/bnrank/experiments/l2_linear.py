@@ -86,8 +86,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(n=6, observed=0.7, init_scales=(0.3, 2.0), seeds=(0,), gd_steps=300, sgd_steps=200, sgd_repeats=1,
                    records=20, depths=(2, 3), depth_seeds=(0,), cost_tol=1.0),
-    "quick": Preset(gd_steps=40000),
-    "paper": Preset(n=30, rank=3, observed=0.4, lr=0.001, init_scales=(0.3, 0.6, 1.0, 1.5, 2.0, 2.5, 3.0), seeds=tuple(range(8)),
+    "quick": Preset(noise=0.5, gd_steps=40000),
+    "paper": Preset(n=30, rank=3, observed=0.4, noise=0.5, lr=0.001, init_scales=(0.3, 0.6, 1.0, 1.5, 2.0, 2.5, 3.0), seeds=tuple(range(8)),
                     gd_steps=200000, sgd_steps=200000, sgd_repeats=8, records=300, depths=(2, 3, 4, 5, 6),
                     depth_seeds=tuple(range(8)), cost_tol=1e-3, threads=None),
 }
