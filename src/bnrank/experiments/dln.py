@@ -6,6 +6,7 @@
     log_steps(total, n)        ~n log-spaced record steps in 0..total
     plateaus(t, loss)          the flat stretches of a loss curve on log-log axes
     rank_jumps(ranks)          how often a rank sequence goes up and down
+    device_option(name, spec, overrides)   the --device/--dtype overrides these experiments take
 
 The objective of member e is C = fit + λ_e ‖θ‖² with fit = d_out · (mean squared error over the
 target entries that count): every entry without a mask, which is bnrank's "sum" fit term
@@ -24,8 +25,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bnrank.errors import DataError, ModelError
+from bnrank.errors import ConfigError, DataError, ModelError
 from bnrank.models import EnsembleMLP
+
+
+def device_option(experiment: str, spec, overrides):
+    """`spec` (a preset dataclass with a `device` field) with ``device=cpu|cuda|auto`` from
+    `overrides` applied; ``dtype=float64`` is accepted (these experiments train in float64),
+    anything else is a ConfigError."""
+    import dataclasses
+
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "device" and value in ("cpu", "cuda", "auto"):
+            device = value if value != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+            spec = dataclasses.replace(spec, device=device)
+        elif not (key == "dtype" and value == "float64"):
+            raise ConfigError(f"{experiment} takes only device=cpu|cuda|auto and dtype=float64 overrides, got {item!r}")
+    return spec
 
 
 def end_to_end(weights) -> Tensor:

@@ -41,7 +41,7 @@ from bnrank.atomic import staged_dir, write_json, write_parquet, write_with
 from bnrank.config import MatrixCompletionTask
 from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
-from bnrank.experiments.dln import end_to_end, log_steps, rank_jumps, train_dln
+from bnrank.experiments.dln import device_option, end_to_end, log_steps, rank_jumps, train_dln
 from bnrank.measure.theory import linear_cost
 from bnrank.models import EnsembleMLP
 from bnrank.plots.dln import plot_rank_traces
@@ -94,19 +94,6 @@ PRESETS: dict[str, Preset] = {
 HIDDEN_PRESETS = {"tiny"}
 
 
-def _overrides(spec: Preset, overrides: Sequence[str]) -> Preset:
-    import dataclasses
-
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key == "device" and value in ("cpu", "cuda", "auto"):
-            device = value if value != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-            spec = dataclasses.replace(spec, device=device)
-        elif not (key == "dtype" and value == "float64"):
-            raise ConfigError(f"l2-linear takes only device=cpu|cuda|auto and dtype=float64 overrides, got {item!r}")
-    return spec
-
-
 def matrix_rank(sv: np.ndarray, rank_tol: float) -> np.ndarray:
     """Rank of A from its singular values (..., m) descending: # > rank_tol · s_1 (NaN rows: −1)."""
     sv = np.asarray(sv, dtype=float)
@@ -132,7 +119,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
     depth_lowers_rank (median rank non-increasing in depth, lower at the deepest than at the
     shallowest); passed; wall_time_s.
     """
-    spec = _overrides(resolve_preset("l2-linear", PRESETS, preset, options, hidden=HIDDEN_PRESETS), overrides)
+    spec = device_option("l2-linear", resolve_preset("l2-linear", PRESETS, preset, options, hidden=HIDDEN_PRESETS), overrides)
     if spec.depth < 2 or min(spec.depths) < 1:
         raise ConfigError("l2-linear: depth must be >= 2 and every depth >= 1")
     task = make_task(MatrixCompletionTask(n_rows=spec.n, n_cols=spec.n, rank=spec.rank, observed=spec.observed,

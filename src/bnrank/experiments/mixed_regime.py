@@ -38,6 +38,7 @@ from rich.console import Console
 from bnrank.atomic import staged_dir, write_json, write_parquet, write_with
 from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
+from bnrank.experiments.dln import device_option
 
 LAZY_RULE = "lazy side: γ_σ² + γ_w > 1 (σ²·w > d); active side: γ_σ² + γ_w < 1"
 
@@ -67,18 +68,6 @@ PRESETS: dict[str, Preset] = {
                     gamma_w=tuple(np.round(np.linspace(1.75, 2.8, 12), 3)), steps=20000, threads=None),
 }
 HIDDEN_PRESETS = {"tiny"}
-
-
-def _overrides(spec: Preset, overrides: Sequence[str]) -> Preset:
-    import dataclasses
-
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key == "device" and value in ("cpu", "cuda", "auto"):
-            spec = dataclasses.replace(spec, device=value if value != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-        elif not (key == "dtype" and value == "float64"):
-            raise ConfigError(f"mixed-regime takes only device=cpu|cuda|auto and dtype=float64 overrides, got {item!r}")
-    return spec
 
 
 def _train(w1: torch.Tensor, w2: torch.Tensor, y: torch.Tensor, a_star: torch.Tensor, lr: torch.Tensor, steps: int, every: int):
@@ -127,7 +116,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
     rank is lower on the active side), active_rank_near_k (the active side's median rank is
     within 1 of k); passed; wall_time_s.
     """
-    spec = _overrides(resolve_preset("mixed-regime", PRESETS, preset, options, hidden=HIDDEN_PRESETS), overrides)
+    spec = device_option("mixed-regime", resolve_preset("mixed-regime", PRESETS, preset, options, hidden=HIDDEN_PRESETS), overrides)
     if not 0 < spec.k <= spec.d:
         raise ConfigError(f"mixed-regime: k must be in 1..d, got k = {spec.k}, d = {spec.d}")
     gen = torch.Generator().manual_seed(spec.seed)

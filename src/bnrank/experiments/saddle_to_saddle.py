@@ -41,7 +41,7 @@ from bnrank.atomic import staged_dir, write_json, write_parquet, write_with
 from bnrank.config import LinearRegressionTask
 from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
-from bnrank.experiments.dln import log_steps, plateaus, rank_jumps, train_dln
+from bnrank.experiments.dln import device_option, log_steps, plateaus, rank_jumps, train_dln
 from bnrank.models import EnsembleMLP
 from bnrank.plots.dln import plot_loss_curves, plot_singular_values, plot_time_scaling
 from bnrank.tasks import make_task
@@ -96,22 +96,6 @@ PRESETS: dict[str, Preset] = {
 HIDDEN_PRESETS = {"tiny"}
 
 
-def _overrides(spec: Preset, overrides: Sequence[str]) -> Preset:
-    """`device=...` (cpu, cuda) from --device; the experiment trains in float64 always."""
-    import dataclasses
-
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key == "device" and value in ("cpu", "cuda", "auto"):
-            spec = dataclasses.replace(spec, device="cuda" if value == "auto" and torch.cuda.is_available() else
-                                       ("cpu" if value == "auto" else value))
-        elif key == "dtype" and value == "float64":
-            continue
-        else:
-            raise ConfigError(f"saddle-to-saddle takes only device=cpu|cuda|auto and dtype=float64 overrides, got {item!r}")
-    return spec
-
-
 def predicted_slope(depth: int, s_star: float) -> float:
     """Slope of log t_k against log α (L ≥ 3) or of t_k against log α (L = 2): see PREDICTION."""
     return -(depth - 2.0) if depth >= 3 else -1.0 / (2.0 * s_star)
@@ -145,7 +129,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
     and include every rank 0..r−1, and the run ends at rank r), time_scaling (every fitted slope within scaling_tol of the
     prediction); passed; wall_time_s.
     """
-    spec = _overrides(resolve_preset("saddle-to-saddle", PRESETS, preset, options, hidden=HIDDEN_PRESETS), overrides)
+    spec = device_option("saddle-to-saddle", resolve_preset("saddle-to-saddle", PRESETS, preset, options, hidden=HIDDEN_PRESETS), overrides)
     planted = sorted(spec.singular_values, reverse=True)
     r = len(planted)
     per_depth = [spec.times, spec.lr_factors] + ([spec.depth_alphas] if spec.depth_alphas is not None else [])
