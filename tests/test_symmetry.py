@@ -105,7 +105,7 @@ def test_unstable_gradient_descent_is_refused():
         ({"kind": "symmetry", "step": -0.1}, "task.step"),
         ({"kind": "symmetry", "distribution": "cube"}, "task.distribution"),
         ({"kind": "symmetry", "rank": 2}, "task.rank: unknown key"),
-        ({"kind": "torus"}, "task: kind must be 'composition', 'symmetry', 'matern-composition', 'file' or 'teacher'"),
+        ({"kind": "torus"}, "task: kind must be 'composition', 'symmetry', 'matern-composition', 'file', 'teacher', 'linear-regression' or 'matrix-completion'"),
     ],
 )
 def test_bad_symmetry_configs_fail_with_one_line_naming_the_field(task, message):

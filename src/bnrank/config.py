@@ -220,6 +220,62 @@ class TeacherTask(StrictModel):
     seed: int = 0
 
 
+
+class LinearRegressionTask(StrictModel):
+    """Linear regression y = A* x + noise with a planted A* (d_out × d_in) of chosen spectrum
+    (bnrank.tasks.linear): A* = U diag(singular_values) Vᵀ with random orthonormal U, V.
+
+    Inputs x ~ N(0, I) ("gaussian"), or "whitened": the training inputs rescaled so that
+    XᵀX/N = I exactly (needs n_train ≥ d_in), where the loss is ‖A − A*‖_F² + const and deep
+    linear dynamics decouple along the singular directions of A*. Noise of std `noise` is added
+    to the training targets only (test targets are A* x).
+    """
+
+    kind: Literal["linear-regression"] = "linear-regression"
+    d_in: int = Field(10, gt=0)
+    d_out: int = Field(10, gt=0)
+    singular_values: list[PositiveFloat] = Field(default_factory=lambda: [3.0, 2.0, 1.0], min_length=1)
+    inputs: Literal["gaussian", "whitened"] = "gaussian"
+    n_train: int = Field(200, gt=0)
+    n_test: int = Field(200, ge=0)
+    noise: NonNegativeFloat = 0.0
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "LinearRegressionTask":
+        if len(self.singular_values) > min(self.d_in, self.d_out):
+            raise ValueError(f"{len(self.singular_values)} singular values do not fit a {self.d_out} x {self.d_in} matrix")
+        if self.inputs == "whitened" and self.n_train < self.d_in:
+            raise ValueError(f"whitened inputs need n_train >= d_in ({self.n_train} < {self.d_in})")
+        return self
+
+
+class MatrixCompletionTask(StrictModel):
+    """Matrix completion of a planted rank-`rank` matrix M (n_rows × n_cols), M = U Vᵀ / √rank
+    with U, V Gaussian, from a random subset of its entries (bnrank.tasks.completion).
+
+    Each entry is observed independently with probability `observed` (the draw is refused,
+    naming the row or column, if a row or column has no observed entry); observed values carry
+    Gaussian noise of std `noise`. Posed as regression with a mask: input i is the one-hot
+    e_i (d_in = n_rows), its target the row M[i] (d_out = n_cols) of which only the observed
+    entries count; the test set is the whole noiseless M.
+    """
+
+    kind: Literal["matrix-completion"] = "matrix-completion"
+    n_rows: int = Field(20, gt=0)
+    n_cols: int = Field(20, gt=0)
+    rank: int = Field(2, gt=0)
+    observed: float = Field(0.5, gt=0, le=1)
+    noise: NonNegativeFloat = 0.0
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "MatrixCompletionTask":
+        if self.rank > min(self.n_rows, self.n_cols):
+            raise ValueError(f"rank ({self.rank}) must be <= min(n_rows, n_cols) = {min(self.n_rows, self.n_cols)}")
+        return self
+
+
 def _task_kind(value: Any) -> Any:
     """The task's `kind`; a mapping without one is a composition task (the default kind)."""
     return value.get("kind", "composition") if isinstance(value, dict) else getattr(value, "kind", None)
@@ -232,13 +288,15 @@ TaskConfig = Annotated[
         Annotated[MaternCompositionTask, Tag("matern-composition")],
         Annotated[FileTask, Tag("file")],
         Annotated[TeacherTask, Tag("teacher")],
+        Annotated[LinearRegressionTask, Tag("linear-regression")],
+        Annotated[MatrixCompletionTask, Tag("matrix-completion")],
     ],
     Discriminator(
         _task_kind, custom_error_type="task_kind",
-        custom_error_message="kind must be 'composition', 'symmetry', 'matern-composition', 'file' or 'teacher'",
+        custom_error_message="kind must be 'composition', 'symmetry', 'matern-composition', 'file', 'teacher', 'linear-regression' or 'matrix-completion'",
     ),
 ]
-_TASK_KINDS = {"composition", "symmetry", "matern-composition", "file", "teacher"}
+_TASK_KINDS = {"composition", "symmetry", "matern-composition", "file", "teacher", "linear-regression", "matrix-completion"}
 
 
 class MlpConfig(StrictModel):

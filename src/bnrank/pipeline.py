@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from bnrank.config import TrainConfig
+from bnrank.errors import DataError
 from bnrank.measure.certificate import certificate_rows
 from bnrank.models import EnsembleModel, build_model
 from bnrank.tasks import TaskData, make_task
@@ -119,6 +120,10 @@ def train_ensemble(
     start = time.perf_counter()
     member_tasks, by_task = tasks if tasks is not None else build_tasks(task_configs)
     shared = len(by_task) == 1
+    masked = [t.metadata.get("kind", "?") for t in member_tasks if t.mask is not None]
+    if masked:
+        raise DataError(f"task {masked[0]} observes only part of its targets (a mask), and bnrank.train fits every "
+                        "target entry: train it with a masked objective (the l2-linear experiment, bnrank.experiments.l2_linear)")
     model = build_model(model_config, member_tasks[0].d_in, member_tasks[0].d_out, seeds, init_scale, dtype, device)
     x = _stack([t.x_train for t in member_tasks], shared)
     y = _stack([t.y_train for t in member_tasks], shared)

@@ -22,6 +22,9 @@ EXPERIMENTS["fig1"] = "bnrank.experiments.fig1"
 EXPERIMENTS["iclr-rank"] = "bnrank.experiments.iclr_rank"
 EXPERIMENTS["compositional-scaling"] = "bnrank.experiments.compositional"
 EXPERIMENTS["leaky-resnet"] = "bnrank.experiments.leaky_resnet"
+EXPERIMENTS["saddle-to-saddle"] = "bnrank.experiments.saddle_to_saddle"
+EXPERIMENTS["l2-linear"] = "bnrank.experiments.l2_linear"
+EXPERIMENTS["mixed-regime"] = "bnrank.experiments.mixed_regime"
 
 
 def get_experiment(name: str) -> ModuleType:
