@@ -27,7 +27,6 @@ What is checked, and the rule for commands that are too long to run in a test:
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil

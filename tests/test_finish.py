@@ -139,7 +139,7 @@ def test_certificates_reach_the_run_summary_and_the_sweep_runs_table(tmp_path):
            "model": {"depth": 1, "width": 4},
            "train": {"lam": 0.02, "log_every": 10, "certify": True,
                      "phases": [{"optimizer": "adam", "steps": 20, "lr": 0.01}, {"optimizer": "lbfgs", "steps": 100}]}}
-    run = bnrank.train(cfg, out=tmp_path / "run", progress=False)
+    bnrank.train(cfg, out=tmp_path / "run", progress=False)
     members = json.loads((tmp_path / "run" / "summary.json").read_text())["members"]
     assert [m["cert_verdict"] for m in members] == ["local_min", "local_min"]
     assert all(m["cert_rel_grad"] <= 1e-8 and m["cert_hessian_min"] > 0 for m in members)

@@ -194,7 +194,8 @@ def test_every_point_and_network_column_equals_its_closed_form(balanced):
                                         "ntk_trace", "sq_error"]
     assert list(res.network.columns) == ["member", "depth", "param_norm_sq", "jac_rank", "budget_point", "r1_lower_bound",
                                          "budget_lhs", "budget_rhs", "schatten_max", "ntk_top", "hessian_top", "lam", "mse",
-                                         "objective"]
+                                         "objective", "diverged"]
+    assert not res.network.diverged.any()
     for e in range(2):
         a = us[e][-1].numpy() @ np.diag(SIG) @ us[e][0].numpy().T
         r0, r1, _ = linear_expansion(a)

@@ -12,7 +12,7 @@ import pytest
 import bnrank
 from bnrank.config import RunConfig, validate
 from bnrank.errors import ConfigError
-from bnrank.memory import MemoryEstimate, analyze_estimate, check_memory, parse_size, train_estimate
+from bnrank.memory import MemoryEstimate, check_memory, parse_size, train_estimate
 from bnrank.models import EnsembleMLP
 
 #: How far the estimate may lie from the measured growth of the peak resident memory.

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import yaml
 
 import bnrank
 from bnrank import EnsembleMLP, fit

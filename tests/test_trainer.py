@@ -1,4 +1,3 @@
-import copy
 
 import pandas as pd
 import pytest

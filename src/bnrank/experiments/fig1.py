@@ -71,7 +71,6 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
 from bnrank.experiments.output import print_checks, write_outputs
 from bnrank.measure.theory import fit_depth_expansion

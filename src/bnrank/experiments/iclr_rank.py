@@ -21,8 +21,7 @@ and prints a per-layer table of member 0.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from bnrank.atomic import staged_dir
 from bnrank.config import RunConfig, override, validate
 from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
-from bnrank.experiments.output import print_checks, write_outputs
+from bnrank.experiments.output import print_checks, torch_threads, write_outputs
 from bnrank.measure import analyze
 from bnrank.plots.iclr import plot_activation_spectra, plot_nonlinearity_impact
 from bnrank.plots.spectra import plot_weight_spectra
@@ -122,7 +121,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
     cfg = validate(RunConfig, override(run_config(spec), list(overrides)), source=f"iclr-rank preset {preset!r}")
     start = time.perf_counter()
     out = Path(out)
-    with _threads(spec.threads), staged_dir(out, overwrite=True) as stage:
+    with torch_threads(spec.threads), staged_dir(out, overwrite=True) as stage:
         trained = train(cfg, out=stage / "run", progress=progress)
         task = trained.task
         model = trained.model.to(device="cpu", dtype=torch.float64)  # measured on the CPU in float64
@@ -172,18 +171,6 @@ def _summary(spec: Preset, cfg: RunConfig, trained, layers) -> dict:
         "checks": checks,
         "passed": all(checks.values()),
     }
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Set torch's thread count to `n` (None: unchanged) for the block, then restore it."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _print_table(summary: dict, layers, out: Path) -> None:

@@ -37,10 +37,11 @@ import torch
 from matplotlib.figure import Figure
 from rich.console import Console
 
-from bnrank.atomic import staged_dir, write_json, write_parquet, write_with
+from bnrank.atomic import staged_dir
 from bnrank.config import MatrixCompletionTask
 from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
+from bnrank.experiments.output import print_checks, torch_threads, write_outputs
 from bnrank.experiments.dln import device_option, end_to_end, log_steps, rank_jumps, train_dln
 from bnrank.measure.theory import linear_cost
 from bnrank.models import EnsembleMLP
@@ -126,10 +127,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
                                           noise=spec.noise, seed=spec.task_seed))
     x, y, mask = task.x_train, task.y_train, task.mask
     start = time.perf_counter()
-    before = torch.get_num_threads()
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
-    try:
+    with torch_threads(spec.threads):
         # (a) GD minima from several inits
         pairs = [(s, seed) for s in spec.init_scales for seed in spec.seeds]
         net = _net(spec, spec.depth, [s for s, _ in pairs], [seed for _, seed in pairs])
@@ -168,8 +166,6 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
             for e, seed in enumerate(spec.depth_seeds):
                 depth_rows.append({"depth": depth, "seed": seed, "rank": int(matrix_rank(traj.singular_values[-1, e], spec.rank_tol)),
                                    "objective": float(traj.objective[-1, e]), "fit": float(traj.fit[-1, e])})
-    finally:
-        torch.set_num_threads(before)
     minima_df, sgd_df, depth_df = pd.DataFrame(minima), pd.DataFrame(sgd_rows), pd.DataFrame(depth_rows)
     medians = depth_df.groupby("depth")["rank"].median()
     checks = {
@@ -200,12 +196,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
                "depth": _plot_depth(depth_df, spec.lam)}
     out = Path(out)
     with staged_dir(out, overwrite=True) as stage:
-        for name, df in (("minima", minima_df), ("sgd", sgd_df), ("depth", depth_df)):
-            write_parquet(stage / f"{name}.parquet", df)
-        for name, fig in figures.items():
-            for ext in ("png", "svg"):
-                write_with(stage / f"{name}.{ext}", lambda p, fig=fig, ext=ext: fig.savefig(p, format=ext, dpi=150))
-        write_json(stage / "summary.json", summary)
+        write_outputs(stage, summary, figures, {"minima": minima_df, "sgd": sgd_df, "depth": depth_df})
     _print(summary, out)
     return summary
 
@@ -250,5 +241,4 @@ def _print(summary: dict, out: Path) -> None:
                   f"(GD control: {s['gd_control_up_jumps']} up, {s['gd_control_down_jumps']} down); "
                   f"{s['sgd_ends_below_gd']} SGD runs end below GD's rank, {s['sgd_ends_above_gd']} above")
     console.print(f"  rank by depth: {summary['depth']}   time {summary['wall_time_s']:.0f} s")
-    for name, ok in summary["checks"].items():
-        console.print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    print_checks(console, summary["checks"])

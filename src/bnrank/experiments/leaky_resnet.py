@@ -22,20 +22,19 @@ its training set. Writes into `out` (staged and renamed into place: whole or abs
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from rich.console import Console
 
-from bnrank.atomic import staged_dir, write_json, write_parquet, write_with
+from bnrank.atomic import staged_dir
 from bnrank.config import RunConfig, override, validate
 from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
+from bnrank.experiments.output import print_checks, torch_threads, write_outputs
 from bnrank.measure.leaky import leaky_measurements
 from bnrank.plots.leaky import plot_adaptive, plot_hamiltonian, plot_jumps, plot_representation_spectra
 from bnrank.runs import train
@@ -125,8 +124,8 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
                                  source=f"leaky-resnet preset {preset!r}") for v, lt in variants}
     start = time.perf_counter()
     out = Path(out)
-    layers, networks, metrics, entries = [], [], [], []
-    with _threads(spec.threads), staged_dir(out, overwrite=True) as stage:
+    layers, networks, metrics = [], [], []
+    with torch_threads(spec.threads), staged_dir(out, overwrite=True) as stage:
         for (variant, lt), cfg in configs.items():
             trained = train(cfg, out=stage / "runs" / f"{variant}-Lt{lt:g}", progress=progress)
             model = trained.model.to(device="cpu")
@@ -142,20 +141,15 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
             metrics.append(trained.metrics.assign(**tag))
         layers_df, network_df = pd.concat(layers, ignore_index=True), pd.concat(networks, ignore_index=True)
         metrics_df = pd.concat(metrics, ignore_index=True)
-        for name, df in (("layers", layers_df), ("network", network_df), ("metrics", metrics_df)):
-            write_parquet(stage / f"{name}.parquet", df)
         figures = {
             "jumps": plot_jumps(layers_df),
             "hamiltonian": plot_hamiltonian(layers_df, network_df, K_STAR),
             "spectra": plot_representation_spectra(layers_df, largest),
             "adaptive": plot_adaptive(layers_df, metrics_df, adaptive_depths[-1]),
         }
-        for name, fig in figures.items():
-            for ext in ("png", "svg"):
-                write_with(stage / f"{name}.{ext}", lambda p, fig=fig, ext=ext: fig.savefig(p, format=ext, dpi=150))
         summary = _summary(spec, network_df, largest, adaptive_depths[-1]) | {
             "preset": preset, "spec": _spec_dict(spec), "wall_time_s": time.perf_counter() - start}
-        write_json(stage / "summary.json", summary)
+        write_outputs(stage, summary, figures, {"layers": layers_df, "network": network_df, "metrics": metrics_df})
     _print(summary, out)
     return summary
 
@@ -201,18 +195,6 @@ def _spec_dict(spec: Preset) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
 
 
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Set torch's thread count to `n` (None: unchanged) for the block, then restore it."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _print(summary: dict, out: Path) -> None:
     console = Console()
     console.print(f"Leaky ResNet over L̃: {out}")
@@ -220,6 +202,5 @@ def _print(summary: dict, out: Path) -> None:
         console.print(f"  {r['variant']:8s} L̃={r['effective_depth']:<5g} member {r['member']}: objective {r['objective']:.4g}"
                       f"  −(2/L̃)H {r['neg2h']:.3g}  bottleneck rank {r['bottleneck_rank']}  H spread {r['hamiltonian_spread']:.3g}"
                       f"  outer/middle jump {r['outer_over_middle_jump']:.3g}  {r['train_time_s']:.0f} s")
-    for name, ok in summary["checks"].items():
-        console.print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    print_checks(console, summary["checks"])
     console.print(f"time {summary['wall_time_s']:.0f} s")

@@ -35,9 +35,10 @@ import torch
 from matplotlib.figure import Figure
 from rich.console import Console
 
-from bnrank.atomic import staged_dir, write_json, write_parquet, write_with
+from bnrank.atomic import staged_dir
 from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
+from bnrank.experiments.output import print_checks, write_outputs
 from bnrank.experiments.dln import device_option
 
 LAZY_RULE = "lazy side: γ_σ² + γ_w > 1 (σ²·w > d); active side: γ_σ² + γ_w < 1"
@@ -165,10 +166,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
     fig = _plot(df, spec)
     out = Path(out)
     with staged_dir(out, overwrite=True) as stage:
-        write_parquet(stage / "runs.parquet", df)
-        for ext in ("png", "svg"):
-            write_with(stage / f"phase_diagram.{ext}", lambda p, ext=ext: fig.savefig(p, format=ext, dpi=150))
-        write_json(stage / "summary.json", summary)
+        write_outputs(stage, summary, {"phase_diagram": fig}, {"runs": df})
     _print(summary, out)
     return summary
 
@@ -205,5 +203,4 @@ def _print(summary: dict, out: Path) -> None:
         console.print(f"  {name}: {r['runs']} runs, median test error {r['median_test_error']:.3f}, rank {r['median_rank']:g}, "
                       f"distance {r['median_distance']:.3g}")
     console.print(f"  {summary['diverged_runs']} runs diverged; time {summary['wall_time_s']:.0f} s")
-    for name, ok in summary["checks"].items():
-        console.print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    print_checks(console, summary["checks"])

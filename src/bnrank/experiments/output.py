@@ -1,12 +1,14 @@
-"""What every reproduction writes and prints: figures as PNG + SVG, Parquet tables and
-summary.json (each file atomically), and the PASS/FAIL lines of its checks."""
+"""What every reproduction shares: figures as PNG + SVG, Parquet tables and summary.json (each
+file atomically), the PASS/FAIL lines of its checks, and torch's thread count for a block."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+import torch
 from rich.console import Console
 
 from bnrank.atomic import write_json, write_parquet, write_with
@@ -38,3 +40,15 @@ def print_checks(console: Console, checks: Mapping[str, bool] | Iterable[tuple[s
     """One ``PASS``/``FAIL`` line per check (a name → held mapping, or (text, held) pairs)."""
     for text, held in (checks.items() if isinstance(checks, Mapping) else checks):
         console.print(f"  {'PASS' if held else 'FAIL'}  {text}")
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's thread count to `n` (None or 0: unchanged) for the block, then restore it."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

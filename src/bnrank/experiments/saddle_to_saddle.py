@@ -37,10 +37,11 @@ import pandas as pd
 import torch
 from rich.console import Console
 
-from bnrank.atomic import staged_dir, write_json, write_parquet, write_with
+from bnrank.atomic import staged_dir
 from bnrank.config import LinearRegressionTask
 from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
+from bnrank.experiments.output import print_checks, write_outputs
 from bnrank.experiments.dln import device_option, log_steps, plateaus, rank_jumps, train_dln
 from bnrank.models import EnsembleMLP
 from bnrank.plots.dln import plot_loss_curves, plot_singular_values, plot_time_scaling
@@ -225,14 +226,9 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
                "scaling": plot_time_scaling(scaling_panels)}
     out = Path(out)
     with staged_dir(out, overwrite=True) as stage:
-        write_parquet(stage / "trajectories.parquet", pd.DataFrame(traj_rows))
-        write_parquet(stage / "transitions.parquet", pd.DataFrame(trans_rows))
-        write_parquet(stage / "plateaus.parquet", pd.DataFrame(plat_rows, columns=["depth", "alpha", "seed", "plateau", "t_start",
-                                                                                   "t_end", "loss", "rank"]))
-        for name, fig in figures.items():
-            for ext in ("png", "svg"):
-                write_with(stage / f"{name}.{ext}", lambda p, fig=fig, ext=ext: fig.savefig(p, format=ext, dpi=150))
-        write_json(stage / "summary.json", summary)
+        plateau_table = pd.DataFrame(plat_rows, columns=["depth", "alpha", "seed", "plateau", "t_start", "t_end", "loss", "rank"])
+        write_outputs(stage, summary, figures, {"trajectories": pd.DataFrame(traj_rows),
+                                                "transitions": pd.DataFrame(trans_rows), "plateaus": plateau_table})
     _print(summary, out)
     return summary
 
@@ -245,5 +241,4 @@ def _print(summary: dict, out: Path) -> None:
         console.print(f"  depth {depth}: slope vs α  {slopes}")
     console.print(f"  rank jumps: {summary['up_jumps']} up, {summary['down_jumps']} down, {summary['multi_jumps']} by more than one;"
                   f" time {summary['wall_time_s']:.0f} s")
-    for name, ok in summary["checks"].items():
-        console.print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    print_checks(console, summary["checks"])

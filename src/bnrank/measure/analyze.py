@@ -22,7 +22,7 @@ from bnrank.measure.activations import nonlinearity_impact, relative_rank, spect
 from bnrank.measure.curvature import hessian_top, ntk_top, ntk_trace
 from bnrank.measure.jacobian import default_rtol, input_jacobians, jacobian_rank, jacobian_spectra, log_pdet, schatten
 from bnrank.measure.weights import count_above, count_near_one, layer_budget, weight_spectra
-from bnrank.models import HOMOGENEOUS, LAYERED_PRODUCT, EnsembleMLP, EnsembleModel
+from bnrank.models import HOMOGENEOUS, LAYERED_PRODUCT, EnsembleModel
 from bnrank.models.functional import ntk_trace as functional_ntk_trace
 from bnrank.train.objective import mse_scale
 
