@@ -1,7 +1,7 @@
 """Convergence to the regularized minimum: the default recipe vs plain Adam vs an L-BFGS finish.
 
 For each depth L and λ: an ensemble of E members on the rank-2 composition task trained with
-`bnrank.train.recipe` (Adam with λ annealed from above → heavy-ball GD at lr = c / top Hessian
+`bnrank.training.recipe` (Adam with λ annealed from above → heavy-ball GD at lr = c / top Hessian
 eigenvalue → polish with the stop rule), then plain Adam (He init, constant λ, lr 3e-3·min(1, 8/L)
 cosine to 0) for the same number of steps. Reported per member: steps and seconds, whether the
 stop rule fired, the first step at which the stop rule holds for relative tolerances 1e-4 and
@@ -9,7 +9,7 @@ stop rule fired, the first step at which the stop rule holds for relative tolera
 final objective, MSE, ‖θ‖², balancedness error, middle-layer rank (# singular values of
 W_⌈L/2⌉ above 0.1) and its top 5 singular values. With `--finish-steps K`, a third run per
 setting: the recipe's Adam phase, then the float64 L-BFGS finish (`optimizer: lbfgs`, at most K
-iterations, bnrank.train.finish). With `--certify`, every member of the recipe and finish runs
+iterations, bnrank.training.finish). With `--certify`, every member of the recipe and finish runs
 gets its certificate (bnrank.measure.certificate: verdict, relative gradient, Hessian extremes,
 kinks) and the seconds it took.
 
@@ -33,7 +33,7 @@ import torch
 
 import bnrank
 from bnrank.measure.certificate import certify
-from bnrank.train.recipe import apply_recipe, default_train_config, middle_layer
+from bnrank.training.recipe import apply_recipe, default_train_config, middle_layer
 
 
 def base_config(depth: int, lam: float, args) -> dict:

@@ -18,7 +18,7 @@ import torch
 
 from bnrank.models import EnsembleLeakyResNet, EnsembleMLP
 from bnrank.models import functional as F
-from bnrank.train.backprop import Workspace
+from bnrank.training.backprop import Workspace
 
 
 def main() -> None:

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from bnrank import EnsembleMLP
-from bnrank.train.backprop import Workspace, objective_and_grads
-from bnrank.train.flat import FlatParameters
-from bnrank.train.objective import objective
+from bnrank.training.backprop import Workspace, objective_and_grads
+from bnrank.training.flat import FlatParameters
+from bnrank.training.objective import objective
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])

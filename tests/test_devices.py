@@ -17,10 +17,10 @@ from bnrank.errors import ConfigError
 from bnrank.models import EnsembleMLP
 from bnrank.runs import resolve_device
 from bnrank.sweep import load_sweep, run_sweep
-from bnrank.train.backprop import objective_and_grads
-from bnrank.train.flat import FlatParameters
-from bnrank.train.optim import GD, Adam
-from bnrank.train.rebalance import balance_error, layer_balance_errors, rebalance_
+from bnrank.training.backprop import objective_and_grads
+from bnrank.training.flat import FlatParameters
+from bnrank.training.optim import GD, Adam
+from bnrank.training.rebalance import balance_error, layer_balance_errors, rebalance_
 from conftest import cli, one_line_error, tiny_config
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for a machine without a GPU")
@@ -272,7 +272,7 @@ def test_cuda_graph_steps_give_the_eager_steps_numbers(monkeypatch):
 
 @gpu
 def test_graphed_step_captures_after_the_warmup_and_replays():
-    from bnrank.train.step import WARMUP, GraphedStep
+    from bnrank.training.step import WARMUP, GraphedStep
 
     counter = torch.zeros((), device="cuda")
     step = GraphedStep(lambda: counter.add_(1), torch.device("cuda"), enabled=True)

@@ -10,7 +10,7 @@ from bnrank.config import TrainConfig
 from bnrank.errors import ConfigError
 from bnrank.config import validate
 from bnrank.measure.certificate import certify
-from bnrank.train.finish import LBFGS
+from bnrank.training.finish import LBFGS
 
 
 def _linear_problem(members=2, d_in=6, d_out=5, width=8, n=40, lam=0.05):

@@ -173,3 +173,14 @@ def test_legacy_sweep_resumes_with_the_same_cells_and_numbers(tmp_path):
     assert sorted(new.index) == sorted(old.index)
     for col in ("objective", "mse", "test_mse", "param_norm_sq", "grad_norm", "mid_rank"):
         np.testing.assert_allclose(new.loc[old.index, col].to_numpy(float), old[col].to_numpy(float), rtol=1e-12, err_msg=col)
+
+
+def test_public_names_are_not_shadowed_by_modules():
+    import importlib
+
+    importlib.import_module("bnrank.training.trainer")
+    importlib.import_module("bnrank.measure.analysis")
+    import bnrank.measure
+
+    assert bnrank.train.__module__ == "bnrank.runs" and callable(bnrank.measure.analyze)
+    assert bnrank.measure.analyze is bnrank.analyze

@@ -4,7 +4,7 @@ from torch import nn
 
 from bnrank import EnsembleMLP, ModelError
 from bnrank.errors import DataError
-from bnrank.train.objective import objective
+from bnrank.training.objective import objective
 
 DIMS = [5, 7, 7, 3]
 

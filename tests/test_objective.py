@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from bnrank import EnsembleMLP
-from bnrank.train.objective import objective
+from bnrank.training.objective import objective
 
 
 def test_objective_against_hand_computation():

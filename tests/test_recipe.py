@@ -1,4 +1,4 @@
-"""The default training recipe (bnrank.train.recipe) and the stop rule it relies on."""
+"""The default training recipe (bnrank.training.recipe) and the stop rule it relies on."""
 
 import pytest
 import torch
@@ -6,8 +6,8 @@ import torch
 import bnrank
 from bnrank import EnsembleMLP, fit
 from bnrank.config import RunConfig, StopRule, TrainConfig, dump_config, load_run_config, validate
-from bnrank.train.rebalance import balance_error, rebalance_
-from bnrank.train.recipe import LAM_START_MAX, apply_recipe, default_adam_lr, default_init_scale, default_train_config, middle_layer
+from bnrank.training.rebalance import balance_error, rebalance_
+from bnrank.training.recipe import LAM_START_MAX, apply_recipe, default_adam_lr, default_init_scale, default_train_config, middle_layer
 from conftest import tiny_config
 
 

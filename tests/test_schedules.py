@@ -8,7 +8,7 @@ import torch
 from bnrank import EnsembleMLP
 from bnrank.config import Phase, RunConfig, validate
 from bnrank.errors import ConfigError
-from bnrank.train.schedules import MOMENTUM_RANGE, lam_factor, lr_factor, resolve_phase, top_hessian_eigenvalue
+from bnrank.training.schedules import MOMENTUM_RANGE, lam_factor, lr_factor, resolve_phase, top_hessian_eigenvalue
 
 
 def test_lr_factor_cosine_linear_constant_and_warmup():

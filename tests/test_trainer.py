@@ -6,7 +6,7 @@ import torch
 from bnrank import EnsembleMLP, fit
 from bnrank.config import TrainConfig
 from bnrank.errors import DataError
-from bnrank.train.rebalance import balance_error, rebalance_
+from bnrank.training.rebalance import balance_error, rebalance_
 
 DIMS = [4, 6, 6, 6, 2]
 

@@ -23,7 +23,7 @@ from bnrank.models import EnsembleMLP
 from bnrank.runs import Run, load_run, train
 from bnrank.sweep import SweepResult, load_sweep, run_sweep
 from bnrank.tasks import TaskData, make_task
-from bnrank.train import fit
+from bnrank.training import fit
 
 __all__ = [
     "__version__", "RunConfig", "load_run_config", "BnrankError", "ConfigError", "DataError",

@@ -371,14 +371,14 @@ class Phase(StrictModel):
     `lam_anneal_fraction` of the phase (1 = constant λ).
 
     Curvature-scaled steps (gd/sgd only), resolved once at the start of the phase by
-    `bnrank.train.schedules.resolve_phase`: `lr_sharpness: c` sets each member's peak lr to
+    `bnrank.training.schedules.resolve_phase`: `lr_sharpness: c` sets each member's peak lr to
     c / h_max, h_max = top Hessian eigenvalue of its objective there (power iteration,
     `sharpness_iters` Hessian-vector products); heavy-ball GD is stable for lr·h_max < 2(1 + μ),
     so c = 1 leaves a margin of about 4 at high momentum. `momentum: auto` picks the critically
     damped μ = (1 − √(2λ·lr))² for the slowest curvature 2λ of the penalty (the member with the
     smallest λ·lr decides), clipped to [0.9, 0.9995].
 
-    `optimizer: lbfgs` is the second-order finish (bnrank.train.finish): full-batch L-BFGS in
+    `optimizer: lbfgs` is the second-order finish (bnrank.training.finish): full-batch L-BFGS in
     float64 with `history` pairs and a per-member line search, for at most `steps` iterations;
     a member stops when its relative gradient is at most `gtol`. It must be the last phase, runs
     at constant λ, and promotes the model's parameters to float64 (they stay float64).
@@ -444,12 +444,12 @@ class AdaptiveSteps(StrictModel):
 
 
 MseReduction = Literal["sum", "mean"]
-"""The objective's fit term: see bnrank.train.objective."""
+"""The objective's fit term: see bnrank.training.objective."""
 
 
 class TrainConfig(StrictModel):
     """`mse_reduction`: the fit term of the objective, "sum" = (1/N)Σ_i‖f(x_i) − y_i‖² (docs/theory.md
-    §1) or "mean" = that / d_out (torch.nn.MSELoss's default); see bnrank.train.objective.
+    §1) or "mean" = that / d_out (torch.nn.MSELoss's default); see bnrank.training.objective.
     `certify`: after training, compute every member's certificate (bnrank.measure.certificate:
     gradient, balance, Lanczos Hessian extremes, verdict) into the run's summary and a sweep's
     runs table (``cert_*`` columns); it costs up to a few thousand Hessian-vector products per member."""

@@ -8,7 +8,7 @@ S = Σ_ℓ d_ℓ + Σ_{ℓ<L} d_ℓ (the widths of a forward pass and of its bac
     parameters   E·P·b · (4 + optimizer state: Adam 3, GD/SGD 1, 2 with momentum): the model's
                  tensors, the trainer's flat buffer, its gradient and the copies made around them
     activations  E·(N + B)·S·b: the full-batch pass of the logged objective and a phase's
-                 minibatch pass each keep their buffers (bnrank.train.backprop.Workspace);
+                 minibatch pass each keep their buffers (bnrank.training.backprop.Workspace);
                  N counts 5 times with curvature-scaled steps (Hessian-vector products);
                  plus E·N_test·max_ℓ d_ℓ·b for the test error
     data         the task's tensors (float64) and their copy in the training dtype

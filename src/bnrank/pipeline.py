@@ -4,7 +4,7 @@
 config per member, maybe each with its own task) both describe an ensemble by its members: the
 member's init seed, init scale, λ and task. `train_ensemble` builds each distinct task once,
 builds the ensemble of the config's model family (bnrank.models.registry), trains it with
-`bnrank.train.fit` (shared inputs (N, d) when every member has the same task, else stacked
+`bnrank.training.fit` (shared inputs (N, d) when every member has the same task, else stacked
 (E, N, d)), measures the test error and returns the per-member rows both callers report.
 """
 
@@ -22,9 +22,9 @@ from bnrank.errors import DataError
 from bnrank.measure.certificate import certificate_rows
 from bnrank.models import EnsembleModel, build_model
 from bnrank.tasks import TaskData, make_task
-from bnrank.train import fit
-from bnrank.train.objective import mse
-from bnrank.train.trainer import TrainResult
+from bnrank.training import fit
+from bnrank.training.objective import mse
+from bnrank.training.trainer import TrainResult
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

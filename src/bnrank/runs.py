@@ -2,7 +2,7 @@
 
 A run directory holds
     config.yaml             the resolved config (every default written out)
-    metrics.parquet         one row per (logged step, member): see bnrank.train.METRIC_COLUMNS
+    metrics.parquet         one row per (logged step, member): see bnrank.training.METRIC_COLUMNS
     checkpoint.safetensors  final parameters of every member
     data.safetensors        the task's tensors (x_train, y_train, x_test, y_test), float64
     summary.json            per-member final values, flags, wall time, seeds, versions

@@ -75,7 +75,7 @@ from bnrank.measure.scaling import fit_power_law
 from bnrank.plots.compositional import plot_rates, plot_scaling
 from bnrank.sweep import SweepResult, run_sweep
 from bnrank.tasks.matern import matern_composition_draw
-from bnrank.train.recipe import default_init_scale, default_train_config, middle_layer
+from bnrank.training.recipe import default_init_scale, default_train_config, middle_layer
 
 ERROR_RULE = "test error = mean over test rows and output coordinates of (f(x) - y)^2, y standardized by the training set"
 LAMBDA_RULE = (

@@ -4,7 +4,7 @@
 
 Trains `trials` networks (seeds) at every depth of the preset on the composition task
 (`bnrank.tasks.composition`, true rank 2) at λ = 0.001 with the default recipe
-(`bnrank.train.recipe`), through the sweep engine: the sweep lives in ``out/sweep/`` and
+(`bnrank.training.recipe`), through the sweep engine: the sweep lives in ``out/sweep/`` and
 rerunning the command resumes it (finished cells are kept). Then writes into `out`:
 
     fig1a.png/.svg   ‖θ‖² at the end of training against depth, color = rank of W_{L/2}
@@ -77,7 +77,7 @@ from bnrank.measure.theory import fit_depth_expansion
 from bnrank.plots.fig1 import plot_norm_vs_depth, plot_trial_spectra, rank_colors
 from bnrank.pipeline import RANK_THRESHOLD
 from bnrank.sweep import SweepResult, run_sweep
-from bnrank.train.recipe import default_init_scale, default_phase_steps, default_train_config
+from bnrank.training.recipe import default_init_scale, default_phase_steps, default_train_config
 
 TRUE_RANK = 2
 RANK_RULE = (

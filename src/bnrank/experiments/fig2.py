@@ -43,7 +43,7 @@ from bnrank.plots.fig2 import plot_orbit_distance, plot_path_images
 from bnrank.plots.spectra import plot_weight_spectra
 from bnrank.runs import train
 from bnrank.tasks.symmetry import TRUE_RANK, RotationDynamics, sample_inputs
-from bnrank.train.recipe import apply_recipe
+from bnrank.training.recipe import apply_recipe
 
 BOTTLENECK_RULE = (
     "k = the smallest rank (# singular values > threshold) among the interior weight matrices "
@@ -81,7 +81,7 @@ class Preset:
 
 
 def _config(depth: int, width: int, lam: float, n_train: int, **recipe) -> dict:
-    """A symmetry-task run trained by the default recipe (`bnrank.train.recipe.apply_recipe`:
+    """A symmetry-task run trained by the default recipe (`bnrank.training.recipe.apply_recipe`:
     Adam with λ annealed from above, then heavy-ball GD at curvature-scaled steps, then a polish
     with the stop rule); `recipe` goes to `default_train_config` (e.g. phase lengths)."""
     config = {

@@ -5,7 +5,7 @@
 A depth-13 network learns a rank-4 target R⁵⁰ → R⁵⁰ at λ = 0.05/L. Our target (the paper's is
 not published): the composition task (`bnrank.tasks.composition`) with rank 4 and
 d_in = d_out = 50, x = g(z) for an 8-dim Gaussian latent z, y = h(z₁..z₄). Trained with the
-default recipe (`bnrank.train.recipe`); `members` seeds train together as one ensemble. Writes into
+default recipe (`bnrank.training.recipe`); `members` seeds train together as one ensemble. Writes into
 `out` (staged and renamed into place, so `out` is whole or absent):
 
     run/                    the trained run (bnrank.load_run reads it)
@@ -39,7 +39,7 @@ from bnrank.measure import analyze
 from bnrank.plots.iclr import plot_activation_spectra, plot_nonlinearity_impact
 from bnrank.plots.spectra import plot_weight_spectra
 from bnrank.runs import train
-from bnrank.train.recipe import default_init_scale, default_train_config, middle_layer
+from bnrank.training.recipe import default_init_scale, default_train_config, middle_layer
 
 TRUE_RANK = 4
 MIDDLE_RULE = "the middle layer is ℓ = ceil(L/2): its weight W_ℓ and its activations σ(α_ℓ(X))"
@@ -51,7 +51,7 @@ class Preset:
     composition task with `n_train` (and `n_test`) points, at λ = lam_times_depth / depth, with
     the recipe's phases of adam_steps, descent_steps and polish_steps (polish: a cap, the stop
     rule ends it); `mse_reduction`: the objective's fit term ("sum" over the 50 outputs, or
-    their "mean", bnrank.train.objective); `threads` torch threads (None: torch's default); `analyze_points` training
+    their "mean", bnrank.training.objective); `threads` torch threads (None: torch's default); `analyze_points` training
     inputs go to `bnrank.analyze`; `threshold`: the weight-rank threshold (the paper's 0.1)."""
 
     depth: int = 13

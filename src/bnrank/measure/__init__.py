@@ -9,7 +9,7 @@ The building blocks (pure functions of weights and pre-activations, batched over
 in weights, activations, jacobian and curvature.
 """
 
-from bnrank.measure.analyze import Analysis, analyze
+from bnrank.measure.analysis import Analysis, analyze
 from bnrank.measure.leaky import leaky_measurements
 from bnrank.measure.theory import LinearExpansion, fit_depth_expansion, linear_cost, linear_expansion
 

@@ -1,13 +1,13 @@
 """A certificate per network: is it at a local minimum of its regularized objective?
 
 Everything is computed in float64 at the given parameters θ (all P weights and biases of one
-network, flattened), for the objective C(θ) = fit(θ) + λ‖θ‖² (bnrank.train.objective):
+network, flattened), for the objective C(θ) = fit(θ) + λ‖θ‖² (bnrank.training.objective):
 
 - ``rel_grad`` = ‖∇C‖ / (‖∇fit‖ + ‖2λθ‖). At a critical point the two terms cancel
   (∇fit = −2λθ), so this is 0 there and at most 1 anywhere; it is scale-free. With the
   smallest curvature of the penalty 2λ, a gradient ‖∇C‖ = ε·2λ‖θ‖ puts the objective within about
   ε²·λ‖θ‖² of a minimum of the local quadratic model, i.e. a relative gap of ~ε² of the penalty.
-- ``balance_error``: neuron balancedness (bnrank.train.rebalance; 0 at any critical point).
+- ``balance_error``: neuron balancedness (bnrank.training.rebalance; 0 at any critical point).
 - ``hessian_max`` and ``hessian_min``: largest and smallest eigenvalues of the Hessian of C
   (ReLU's second derivative read as 0: the Hessian of the net with its activation pattern held),
   the extreme Ritz values of one Lanczos run (LANCZOS_STEPS steps, full re-orthogonalization,
@@ -47,7 +47,7 @@ from torch import Tensor
 
 from bnrank.config import MseReduction
 from bnrank.models import HOMOGENEOUS
-from bnrank.train.objective import mse_scale
+from bnrank.training.objective import mse_scale
 
 GRAD_TOL = 1e-3
 """Largest relative gradient of a certified minimum: the objective is then within ~1e-6 of the

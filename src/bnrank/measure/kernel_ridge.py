@@ -1,7 +1,7 @@
 """Kernel ridge regression with a Matérn kernel (ν = 1/2 is the Laplace kernel e^{−r/ℓ}), the
 shallow baseline for the Matérn composition task; float64 throughout.
 
-Objective (the "sum" fit convention of bnrank.train.objective): over f in the kernel's RKHS,
+Objective (the "sum" fit convention of bnrank.training.objective): over f in the kernel's RKHS,
 
     (1/n) Σ_i ‖f(x_i) − y_i‖² + λ ‖f‖²_H   ⇒   f(x) = k(x, X) α,   α = (K + nλ I)⁻¹ Y,
 

@@ -33,11 +33,11 @@ from torch import Tensor, nn
 from bnrank.atomic import write_parquet
 from bnrank.errors import DataError, ModelError
 from bnrank.measure.activations import relative_rank, spectra
-from bnrank.measure.analyze import MEASURE_DTYPE, Analysis, _arrays, _matrix, _np, _one_thread, _per_member, analyze
+from bnrank.measure.analysis import MEASURE_DTYPE, Analysis, _arrays, _matrix, _np, _one_thread, _per_member, analyze
 from bnrank.measure.jacobian import default_rtol, jacobian_rank, jacobian_spectra, log_pdet
 from bnrank.measure.weights import count_above, count_near_one, weight_spectra
 from bnrank.models import EnsembleMLP
-from bnrank.train.objective import mse_scale
+from bnrank.training.objective import mse_scale
 
 PASS_THROUGH = (nn.Dropout, nn.Identity)
 """Modules that are the identity in eval mode; they do not break a chain."""

@@ -5,7 +5,7 @@ Network (docs/theory.md §1): α_0 = x, α_ℓ = W_ℓ σ(α_{ℓ-1}) + b_ℓ fo
 (``"linear"``, a deep linear network); without biases (``bias=False``) every b_ℓ is absent.
 Member e's parameters are ``weights[ℓ-1][e]`` of shape (fan_out, fan_in) and ``biases[ℓ-1][e]``
 of shape (fan_out,), so ``weights[ℓ-1]`` has shape (E, d_ℓ, d_{ℓ-1}). Every layer is one batched
-matmul over members; the gradient has a hand-written fast path (bnrank.train.backprop).
+matmul over members; the gradient has a hand-written fast path (bnrank.training.backprop).
 
 >>> net = EnsembleMLP.init(members=4, dims=[20, 100, 100, 20], seeds=[0, 1, 2, 3])
 >>> net(torch.randn(500, 20)).shape          # inputs shared by the members
@@ -231,8 +231,8 @@ class EnsembleMLP(EnsembleModel):
         return total + sum(b.square().sum(1) for b in self.biases)
 
     def objective_and_grads(self, x, y, lam, workspace=None, reduction="sum", flat=None):
-        """The hand-written backprop of bnrank.train.backprop (equal to the generic path)."""
-        from bnrank.train.backprop import objective_and_grads
+        """The hand-written backprop of bnrank.training.backprop (equal to the generic path)."""
+        from bnrank.training.backprop import objective_and_grads
 
         return objective_and_grads(self, x, y, lam, workspace, reduction, flat)
 
@@ -245,17 +245,17 @@ class EnsembleMLP(EnsembleModel):
     # -- balance ------------------------------------------------------------------------------------
 
     def layer_balance_errors(self) -> Tensor:
-        from bnrank.train.rebalance import layer_balance_errors
+        from bnrank.training.rebalance import layer_balance_errors
 
         return layer_balance_errors(self)
 
     def balance_error(self) -> Tensor:
-        from bnrank.train.rebalance import balance_error
+        from bnrank.training.rebalance import balance_error
 
         return balance_error(self)
 
     def rebalance_(self, sweeps: int = 5, active: Tensor | None = None) -> None:
-        from bnrank.train.rebalance import rebalance_
+        from bnrank.training.rebalance import rebalance_
 
         rebalance_(self, sweeps, active)
 

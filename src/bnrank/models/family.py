@@ -174,7 +174,7 @@ class EnsembleModel(nn.Module):
     def objective_and_grads(self, x: Tensor, y: Tensor, lam: Tensor, workspace=None, reduction: str = "sum",
                             flat=None) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
         """(objective, mse, R(θ), grads) per member, grads ordered like ``self.parameters()``
-        (written into ``flat.grads`` when `flat` is given); see bnrank.train.objective for C.
+        (written into ``flat.grads`` when `flat` is given); see bnrank.training.objective for C.
         The generic path differentiates `member_forward` with torch.func."""
         from bnrank.models.functional import objective_and_grads
 

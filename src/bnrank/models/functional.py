@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from torch import Tensor
 from torch.func import grad, jacrev, jvp, vjp, vmap
 
-from bnrank.train.objective import mse_scale
+from bnrank.training.objective import mse_scale
 
 
 def _params(model) -> list[Tensor]:

@@ -212,7 +212,7 @@ class EnsembleLeakyResNet(EnsembleModel):
 
         Backward: δ_L = dC/dα_{p_L} (the output's error padded to w); dW_ℓ = ρ_ℓ δ_ℓᵀ ReLU(α_{p_{ℓ-1}}),
         db_ℓ = ρ_ℓ Σ_n δ_ℓ; δ_{ℓ-1} = (1 − ρ_ℓ L̃) δ_ℓ + ρ_ℓ (δ_ℓ W_ℓ) ⊙ 1[α_{p_{ℓ-1}} > 0]."""
-        from bnrank.train.objective import mse_scale
+        from bnrank.training.objective import mse_scale
 
         depth, c = self.depth, self.norm_factor()
         with torch.no_grad():

@@ -19,7 +19,7 @@ runs      one row per network: every grid key (dotted column names), seed, depth
           values of the family's middle operator, W_{⌈L/2⌉} of an MLP, above 0.1); steps; train_time_s (the group's `fit`), wall_time_s (the group's
           task building, training and analysis) and threads: the times are the group's, shared
           by all its members.
-metrics   one row per logged step and network (bnrank.train.METRIC_COLUMNS).
+metrics   one row per logged step and network (bnrank.training.METRIC_COLUMNS).
 layers, points, network
           bnrank.analyze (bnrank.measure.analyze documents the columns) on the first
           `analyze_points` training inputs of the cell's task, with its λ, when the spec's

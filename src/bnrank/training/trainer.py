@@ -1,15 +1,15 @@
 """`fit`: train an ensemble on the regularized objective, in phases, with diagnostics.
 
 The hot loop does one batched forward/backward for all members (the family's
-`objective_and_grads`: hand-written backprop for the MLP, `bnrank.train.backprop`), on a GPU
-replayed as a CUDA graph (`bnrank.train.step`), and never
+`objective_and_grads`: hand-written backprop for the MLP, `bnrank.training.backprop`), on a GPU
+replayed as a CUDA graph (`bnrank.training.step`), and never
 synchronizes on a member's value: a member whose objective turns non-finite is masked out
 on-device (its parameters stay as they were at that step) while the others go on unchanged.
 Diagnostics are computed every `log_every` steps at the current parameters on the full training
 set; there a member that meets the stop rule is frozen the same way, so every member's result is
 what it would be if it were trained alone. Training ends when no member is left to train.
 
-A last phase with optimizer "lbfgs" is the float64 second-order finish (`bnrank.train.finish`):
+A last phase with optimizer "lbfgs" is the float64 second-order finish (`bnrank.training.finish`):
 the model's parameters become float64 and stay so; one step is one L-BFGS iteration (its line
 search's trials included); a member stops as converged at the phase's gradient tolerance, or is
 frozen as failed when its line search finds no decrease (`TrainResult.failed`).
@@ -30,12 +30,12 @@ from torch import Tensor
 from bnrank.config import StopRule, TrainConfig, per_member
 from bnrank.errors import DataError
 from bnrank.models import HOMOGENEOUS, LAYER_STEPS, EnsembleModel
-from bnrank.train.backprop import Workspace
-from bnrank.train.finish import LBFGS, ModelObjective
-from bnrank.train.flat import FlatParameters
-from bnrank.train.optim import make_optimizer
-from bnrank.train.schedules import lam_factor, lr_factor, resolve_phase
-from bnrank.train.step import GraphedStep
+from bnrank.training.backprop import Workspace
+from bnrank.training.finish import LBFGS, ModelObjective
+from bnrank.training.flat import FlatParameters
+from bnrank.training.optim import make_optimizer
+from bnrank.training.schedules import lam_factor, lr_factor, resolve_phase
+from bnrank.training.step import GraphedStep
 
 METRIC_COLUMNS = [
     "step", "phase", "member", "objective", "mse", "param_norm_sq", "grad_norm",
@@ -152,7 +152,7 @@ def fit(
             rows.append({"step": step, "phase": phase_idx, "member": e} | {k: v[e] for k, v in values.items()})
         return now
 
-    lam_t = lam_base.clone()  # the step's inputs, refilled in place before each step (bnrank.train.step)
+    lam_t = lam_base.clone()  # the step's inputs, refilled in place before each step (bnrank.training.step)
     step_no = torch.zeros((), dtype=torch.long, device=ref.device)
 
     def train_step(opt, lr_elem: Tensor, xb: Tensor, yb: Tensor) -> None:

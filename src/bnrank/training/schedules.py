@@ -54,7 +54,7 @@ def top_hessian_eigenvalue(
     minimum (where the Rayleigh quotient of a mixed-sign iterate can be small). A cheap
     step-size estimate, not a measurement (bnrank.measure.curvature has the Lanczos one).
     """
-    from bnrank.train.objective import objective
+    from bnrank.training.objective import objective
 
     params = list(model.parameters())
     gen = torch.Generator().manual_seed(seed)

@@ -17,7 +17,7 @@ re-measures it). Three phases, each for a reason that was measured, not assumed:
    Hessian's top eigenvalue h_max is ~10³ here while the penalty's curvature is 2λ ~ 10⁻³, so
    plain GD would need ~10⁶ steps; heavy ball at lr = c/h_max (stable for c < 2(1 + μ)) with
    μ close to 1 moves the slow directions with an effective step lr/(1 − μ). h_max is measured
-   by power iteration when the phase starts, per member (`bnrank.train.schedules`).
+   by power iteration when the phase starts, per member (`bnrank.training.schedules`).
 3. **Polish: heavy-ball GD at lr = 1.5/h_max, momentum 0.9995**, with the stop rule.
    Re-measuring h_max guards against the sharpening seen during phase 2 (h_max grew up to 1.8×
    at depth 16); the smaller step damps the edge-of-stability wobble of phase 2 (at c = 3 the
@@ -44,12 +44,12 @@ import math
 from typing import Any
 
 from bnrank.config import MseReduction, Phase, StopRule, TrainConfig
-from bnrank.train.objective import mse_scale
+from bnrank.training.objective import mse_scale
 
 LAM_START_MAX = 0.01
 """The annealed λ starts at min(λ · lam_start_factor, LAM_START_MAX) (never below λ), λ in the
 "sum" convention of the objective: for a "mean" objective the cap is LAM_START_MAX / d_out (its
-λ is worth d_out times more, bnrank.train.objective). Above the cap, the small init's data
+λ is worth d_out times more, bnrank.training.objective). Above the cap, the small init's data
 gradient loses to the penalty and the net collapses to θ = 0 (seen at a "mean" start of 0.01,
 every depth 6–24 of the Figure 1 task)."""
 
@@ -103,7 +103,7 @@ def default_train_config(
 
     Phase lengths default to functions of the depth (deeper nets need more steps);
     `polish_steps` is a cap, training stops earlier when the stop rule holds. With
-    `mse_reduction` "mean" (bnrank.train.objective), `d_out` (the output dimension) is needed to
+    `mse_reduction` "mean" (bnrank.training.objective), `d_out` (the output dimension) is needed to
     express the λ start cap (LAM_START_MAX) in that convention.
     """
     _require_depth(depth)

@@ -24,7 +24,7 @@ from bnrank.measure.jacobian import default_rtol, input_jacobians, jacobian_rank
 from bnrank.measure.weights import count_above, count_near_one, layer_budget, weight_spectra
 from bnrank.models import HOMOGENEOUS, LAYERED_PRODUCT, EnsembleModel
 from bnrank.models.functional import ntk_trace as functional_ntk_trace
-from bnrank.train.objective import mse_scale
+from bnrank.training.objective import mse_scale
 
 MEASURE_DTYPE = torch.float64
 
@@ -77,7 +77,7 @@ def analyze(
     X: inputs (N, d_in), a tensor or array. Y: targets (N, d_out), needed for the Hessian.
     lam: λ of the objective (one value or one per member; default 0, or the run's λ).
     mse_reduction: the objective's fit term, "sum" (1/N)Σ‖f − y‖² or "mean" (that / d_out); see
-    bnrank.train.objective (default "sum", or the run's train.mse_reduction).
+    bnrank.training.objective (default "sum", or the run's train.mse_reduction).
     threshold: singular values of W_ℓ above it count towards `rank` (the paper uses 0.1); the
     activation ranks use it relative to the largest singular value.
     jac_rtol: a singular value of Jf(x) counts as nonzero when it is > jac_rtol × the largest

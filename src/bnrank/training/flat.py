@@ -11,7 +11,7 @@ exactly the memory layout it had and a member's arithmetic does not depend on it
 every element, so per-member values (a learning rate, an active mask) spread over the buffer
 with one gather (`per_element`, cached: a whole-buffer gather costs several elementwise passes).
 
-Used as a context manager by `bnrank.train.fit`: on exit every parameter gets its own storage
+Used as a context manager by `bnrank.training.fit`: on exit every parameter gets its own storage
 back, so the model is as it would be without it.
 """
 

@@ -6,7 +6,7 @@ records the step's kernels once and replays them all with one launch. That needs
 kernels read and write the same memory on every call and never wait for the host. The
 trainer's step is written so: it reads its per-step values (λ, the optimizer's scalars, the
 step number, a minibatch) from buffers the trainer refills in place before each call (the
-``prepare``/``apply`` split of `bnrank.train.optim`), keeps its activations in a `Workspace`
+``prepare``/``apply`` split of `bnrank.training.optim`), keeps its activations in a `Workspace`
 and writes its results in place. Set the environment variable ``BNRANK_CUDA_GRAPHS=0`` to run
 every step eagerly on a GPU too (the same kernels, so the same numbers, only slower).
 """

@@ -10,7 +10,7 @@ directions from its own gradients. Per member e, with the last `history` pairs
   stored, and a direction that is not a descent direction restarts the member's memory.
 - backtracking line search from α = 1 with the Armijo condition C(θ + αd) ≤ C(θ) + c₁α gᵀd
   (c₁ = ARMIJO_C1), halving α; a non-finite trial value counts as a failed one. Every trial is
-  one batched forward/backward for all members (`bnrank.train.backprop`); members that accepted
+  one batched forward/backward for all members (`bnrank.training.backprop`); members that accepted
   their step, or are frozen, keep their parameters while the others try again.
 - a member stops with ``converged`` when its relative gradient ‖∇C‖ / (‖∇fit‖ + ‖2λθ‖) (the
   certificate's, bnrank.measure.certificate) is at most `gtol`, and is frozen with ``failed``
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from bnrank.config import MseReduction
-from bnrank.train.backprop import Workspace
+from bnrank.training.backprop import Workspace
 
 ARMIJO_C1 = 1e-4
 """Sufficient-decrease constant of the line search."""

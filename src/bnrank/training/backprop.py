@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bnrank.train.flat import FlatParameters
-from bnrank.train.objective import MseReduction, mse_scale
+from bnrank.training.flat import FlatParameters
+from bnrank.training.objective import MseReduction, mse_scale
 
 
 class Workspace:
@@ -41,7 +41,7 @@ def objective_and_grads(
     reduction: MseReduction = "sum", flat: FlatParameters | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """(objective, mse, ‖θ‖², grads) for C = (1/N)Σ‖f(x_i) − y_i‖² + λ‖θ‖², per member
-    (the squared error divided by d_out with reduction "mean", see `bnrank.train.objective`).
+    (the squared error divided by d_out with reduction "mean", see `bnrank.training.objective`).
 
     x: (N, d_in) or (E, N, d_in); y: (N, d_out) or (E, N, d_out); lam: (E,).
     grads is ordered like ``model.parameters()``: dC/dW_1..dC/dW_L, then dC/db_1..dC/db_L (if the

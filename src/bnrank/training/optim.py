@@ -1,6 +1,6 @@
 """Optimizers batched over ensemble members, with a learning rate per member.
 
-They update one parameter buffer (`bnrank.train.flat.FlatParameters`) from a gradient buffer of
+They update one parameter buffer (`bnrank.training.flat.FlatParameters`) from a gradient buffer of
 the same layout, in a few whole-buffer ops and no Python loop over members or parameter tensors.
 ``step(grad, lr, active, scale)`` takes the learning rate and a boolean mask `active` per
 element (`FlatParameters.per_element` of per-member values) and a scalar factor on lr (the
@@ -8,7 +8,7 @@ schedule's): inactive (diverged or stopped) members are left exactly as they are
 optimizer state is not kept meaningful: they never become active again). A step is
 ``prepare(scale)`` (host side: the step's scalars into small device buffers) then
 ``apply(grad, lr, active)`` (device ops only, reading those buffers), so `apply` can be captured
-once as a CUDA graph and replayed (`bnrank.train.step`).
+once as a CUDA graph and replayed (`bnrank.training.step`).
 
 An update runs its ops chunk by chunk (CHUNK elements), so each chunk's several passes stay in
 the CPU cache rather than streaming a multi-MB buffer once per pass (1.7M floats for 16 depth-12
