@@ -58,6 +58,7 @@ def world(tmp_path_factory):
     (w / "garbage.bin").write_bytes(random.Random(0).randbytes(300))
     (w / "a_file").write_text("x")
     run = bnrank.train(tiny_config(), out=w / "run", progress=False)
+    bnrank.train(tiny_config(members=1, model={"kind": "leaky-resnet", "depth": 2, "width": 8}), out=w / "leaky-run", progress=False)
     bad = run.model.select([0, 1])
     for t in (*bad.weights, *bad.biases):
         t.data.fill_(float("nan"))
@@ -89,6 +90,11 @@ CASES = [
     ("list-config", ["train", "{t}/c.yaml"], "expected a mapping", {"c.yaml": "- 1\n- 2\n"}),
     ("unknown-key", ["train", "{t}/c.yaml"], "model.widht: unknown key", {"c.yaml": config({"model.widht": 3})}),
     ("unknown-model-kind", ["train", "{t}/c.yaml"], "model: kind must be 'mlp'", {"c.yaml": config({"model.kind": "cnn"})}),
+    ("rebalance-leaky", ["train", "{t}/c.yaml"], "train.rebalance_every needs a homogeneous model, not leaky-resnet (L̃ = 1) (model.kind 'leaky-resnet')",
+     {"c.yaml": config({"model.kind": "leaky-resnet", "train.rebalance_every": 10})}),
+    ("adaptive-steps-mlp", ["train", "{t}/c.yaml"], "train.adaptive_steps needs a layer steps model, not mlp (relu) (model.kind 'mlp')",
+     {"c.yaml": config({"train.adaptive_steps": {"every": 10}})}),
+    ("curvature-leaky", ["analyze", "{w}/leaky-run", "--curvature"], "needs a layered product model, not leaky-resnet (L̃ = 1) (model.kind 'leaky-resnet')"),
     ("bad-activation", ["train", "{t}/c.yaml"], "model.activation: Input should be 'relu' or 'linear'", {"c.yaml": config({"model.activation": "tanh"})}),
     ("depth-true", ["train", "{t}/c.yaml"], "model.depth: Input should be a valid integer, got true", {"c.yaml": config({"model.depth": True})}),
     ("width-float", ["train", "{t}/c.yaml"], "model.width: Input should be a valid integer, got 8.0", {"c.yaml": config({"model.width": 8.0})}),

@@ -127,7 +127,7 @@ def test_capability_errors_name_the_family():
     class Plain(EnsembleModel):
         kind = "plain"
 
-    with pytest.raises(ModelError, match="re-balancing needs a homogeneous model; model.kind 'plain' is not"):
+    with pytest.raises(ModelError, match="re-balancing needs a homogeneous model, not plain \(model.kind 'plain'\)"):
         Plain().rebalance_()
 
 

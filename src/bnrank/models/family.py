@@ -143,7 +143,7 @@ class EnsembleModel(nn.Module):
     def require(self, capability: str, what: str) -> None:
         """ModelError naming the family and the capability `what` needs, unless it has it."""
         if capability not in self.capabilities:
-            raise ModelError(f"{what} needs a {capability.replace('_', ' ')} model; model.kind {self.describe()!r} is not")
+            raise ModelError(f"{what} needs a {capability.replace('_', ' ')} model, not {self.describe()} (model.kind {self.kind!r})")
 
     def describe(self) -> str:
         """The family's kind with its distinguishing options, e.g. "mlp (relu)"."""
