@@ -179,11 +179,7 @@ class EnsembleModel(nn.Module):
         from bnrank.models.functional import objective_and_grads
 
         obj, err, norm, grads = objective_and_grads(self, x, y, lam, reduction)
-        if flat is not None:
-            for out, g in zip(flat.grads, grads):
-                out.copy_(g)
-            grads = list(flat.grads)
-        return obj, err, norm, grads
+        return obj, err, norm, (grads if flat is None else flat.store_grads(grads))
 
     def input_jacobians(self, x: Tensor) -> Tensor:
         """Jf(x) of every member at every input: x (N, d_in) → (E, N, d_out, d_in)."""

@@ -238,11 +238,7 @@ class EnsembleLeakyResNet(EnsembleModel):
                 if i > 0:
                     back = torch.bmm(delta, w) * (below > 0)
                     delta = delta * keep[i] + back * rho
-            grads = grad_w + grad_b
-            if flat is not None:
-                for dst, g in zip(flat.grads, grads):
-                    dst.copy_(g)
-                grads = list(flat.grads)
+            grads = grad_w + grad_b if flat is None else flat.store_grads(grad_w + grad_b)
         return objective, err, norm_sq, grads
 
     # -- adaptive layer steps -------------------------------------------------------------------

@@ -59,6 +59,12 @@ class FlatParameters:
             last[0].copy_(values)
         return self._spread[key][1]
 
+    def store_grads(self, grads) -> list[Tensor]:
+        """Copy per-parameter gradients into ``grads`` (the views of ``grad``) and return those views."""
+        for out, g in zip(self.grads, grads):
+            out.copy_(g)
+        return list(self.grads)
+
     def __enter__(self) -> "FlatParameters":
         return self
 
