@@ -188,3 +188,95 @@ def test_kinks_count_pre_activations_at_zero():
     assert kink_counts(net, x) == [1, 0]
     cert = certify(net, x, y, 0.01)[0]
     assert cert.kinks == 1 and "kink" in cert.reason
+
+
+# -- minima on ReLU kinks: a width-1 net f(x) = v·relu(w·x + b) + c on x = -1, 0, 1 ------------------
+
+_X1 = torch.tensor([[-1.0], [0.0], [1.0]], dtype=torch.float64)
+_LAM1 = 0.05
+
+
+def _on_kink(targets):
+    """The width-1 net at its minimum over the kink manifold b = w (input -1 at the kink), by Newton
+    on the smooth reduced objective of (w, v, c); returns (net, y)."""
+    y = torch.tensor(targets, dtype=torch.float64)[:, None]
+
+    def reduced(q):
+        w, v, c = q
+        return (v * torch.relu(w * _X1 + w) + c - y).square().mean() + _LAM1 * (2 * w * w + v * v + c * c)
+
+    q = torch.tensor([0.5, 0.7, 0.2], dtype=torch.float64)
+    for _ in range(50):
+        g = torch.autograd.functional.jacobian(reduced, q)
+        q = q - torch.linalg.solve(torch.autograd.functional.hessian(reduced, q), g)
+    assert g.norm() < 1e-14
+    w, v, c = q.tolist()
+    t = lambda value: torch.tensor([[[value]]], dtype=torch.float64)  # noqa: E731
+    return EnsembleMLP([t(w), t(v)], [t(w)[0], t(c)[0]]), y
+
+
+def _worst_rise(net, y):
+    """min over 3,000 random unit directions u and ε ∈ {1e-2, 1e-3, 1e-4} of (C(θ + εu) − C(θ)) / ε²."""
+    theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+    def cost(t):  # t (S, 4): w, v, b, c
+        f = t[:, 1:2] * torch.relu(t[:, 0:1] * _X1.T + t[:, 2:3]) + t[:, 3:4]
+        return (f - y.T).square().mean(1) + _LAM1 * t.square().sum(1)
+
+    u = torch.randn(3000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True)
+    base = cost(theta[None])
+    return min(((cost(theta + eps * u) - base).min() / eps**2).item() for eps in (1e-2, 1e-3, 1e-4))
+
+
+@pytest.mark.parametrize("side", [0.0, 1e-12, -1e-12])
+def test_a_minimum_on_a_kink_is_certified_and_brute_force_agrees(side):
+    net, y = _on_kink([0.0, 1.0, 1.0])
+    with torch.no_grad():
+        net.biases[0][0, 0] += side  # either side of the kink: PyTorch's gradient changes, the certificate does not
+    cert = certify(net, _X1, y, _LAM1)[0]
+    assert cert.verdict == "local_min", cert.reason
+    assert (cert.kinks, cert.sharp_kinks, cert.concave_kinks, cert.tangent_dim) == (1, 1, 0, 3)
+    if side > 0:
+        assert cert.rel_grad > 0.1  # the one-sided gradient does not vanish at this minimum
+    assert cert.rel_subgrad < 1e-10
+    assert cert.hessian_min > 0.1
+    assert _worst_rise(net, y) > 0.05
+
+
+def test_a_concave_kink_is_a_saddle_and_brute_force_descends():
+    net, y = _on_kink([1.0, 1.0, 2.0])
+    cert = certify(net, _X1, y, _LAM1)[0]
+    assert cert.verdict == "saddle" and cert.concave_kinks == 1, cert.reason
+    assert cert.rel_subgrad < 1e-10  # stationary in the chain-rule sense, yet not a minimum
+    assert _worst_rise(net, y) < -1.0  # C falls at first order
+
+
+def test_a_collapsed_neuron_that_should_switch_on_is_a_saddle_with_the_exact_gain():
+    net, y = _on_kink([2.0, 1.0, 1.0])  # here the reduced minimum has w = v = 0: the neuron collapsed
+    assert net.weights[0].abs().max() < 1e-12
+    cert = certify(net, _X1, y, _LAM1)[0]
+    assert cert.verdict == "saddle" and cert.collapsed == 1 and cert.kinks == 0, cert.reason
+    # S(u) = |Σ_n G_n relu(u·(x_n, 1))| over the unit circle, G = ∂fit/∂f = 2(f − y)/N
+    f = net(_X1)[0]
+    g = 2 * (f - y) / 3
+    angle = torch.linspace(0, 2 * math.pi, 200001, dtype=torch.float64)
+    u = torch.stack([angle.cos(), angle.sin()], 1)
+    z = torch.cat([_X1, torch.ones_like(_X1)], 1)
+    gain = (torch.relu(u @ z.T) @ g).abs().max().item()
+    assert cert.escape_ratio * 2 * _LAM1 == pytest.approx(gain, rel=1e-8)
+    # moving a = b = ε along the best direction lowers C by ε²(2λ − S)/2 per unit ‖direction‖²
+    assert _worst_rise(net, y) == pytest.approx(0.5 * (2 * _LAM1 - gain), rel=0.05)
+
+
+def test_a_collapsed_neuron_with_nothing_to_gain_stays_a_minimum():
+    net, y = _on_kink([1.0, 1.0, 1.0])
+    cert = certify(net, _X1, y, _LAM1)[0]
+    assert cert.verdict == "local_min" and cert.collapsed == 1 and cert.escape_ratio <= 1, cert.reason
+    assert _worst_rise(net, y) > 0
+
+
+def test_kink_certificate_is_the_plain_one_without_kinks():
+    net, x, y = _tiny_relu()
+    for cert in certify(net, x, y, [0.01, 0.03]):
+        assert cert.kinks == 0 and cert.rel_subgrad == cert.rel_grad and cert.tangent_dim == sum(p[0].numel() for p in net.parameters())

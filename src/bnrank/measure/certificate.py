@@ -15,17 +15,24 @@ network, flattened), for the objective C(θ) = fit(θ) + λ‖θ‖² (bnrank.tr
   flat θ, so any differentiable model family works). hessian_min counts as resolved when its
   residual is at most MIN_EIG_TOL_FACTOR · neg_tol. A Ritz value is the Rayleigh quotient of a
   vector, so a hessian_min below −neg_tol proves negative curvature even when unresolved.
-- ``kinks`` (ReLU nets): the number of (input, hidden neuron) pre-activations within KINK_TOL of
-  0, relative to their layer's largest. The objective is not differentiable there; a minimum
-  that lies on kinks keeps a one-sided gradient that does not vanish, which this test cannot
-  certify (its verdict is then ``not_converged`` and its reason names the kinks).
+- ``kinks`` (ReLU nets): the number of (input, hidden neuron) pre-activations at ReLU's kink
+  (bnrank.measure.kinks: within KINK_TOL of 0 relative to their layer's largest, collapsed neurons
+  not counted). The objective is not differentiable there and the gradient above is one-sided;
+  minima of ReLU nets lie on many kinks. With kinks, the certificate is the kink analysis of
+  bnrank.measure.kinks: ``rel_subgrad`` is the relative norm (as rel_grad) of the smallest
+  chain-rule subgradient (slopes D* ∈ [0, 1] at the kinks), ``sharp_kinks`` are the kinks off
+  which C rises at first order on both sides, ``concave_kinks`` those off which it falls on one
+  side, and the Hessian is that of F_{D*} (the net with a line of slope D*_k at each kink) on the
+  tangent space of the sharp kinks (``tangent_dim``). Without kinks rel_subgrad = rel_grad,
+  tangent_dim = P and the Hessian is the plain one.
 
 Verdict, in this order (`verdict`, with `reason`):
 
 - ``not_converged``: θ or the objective is not finite, λ ≤ 0 (no regularized minimum to
-  certify), ``rel_grad > grad_tol`` (default GRAD_TOL), or Lanczos did not converge for hessian_min while its
-  value is above −neg_tol;
-- ``saddle``: hessian_min < −neg_tol, neg_tol = max(NEG_TOL_FACTOR · 2λ, NEG_TOL_REL ·
+  certify), ``rel_subgrad > grad_tol`` (default GRAD_TOL), the tangent space too large to build
+  (kinks.MAX_TANGENT_ENTRIES), or Lanczos did not converge for hessian_min while its value is
+  above −neg_tol;
+- ``saddle``: a concave kink, or hessian_min < −neg_tol, neg_tol = max(NEG_TOL_FACTOR · 2λ, NEG_TOL_REL ·
   hessian_max): a fraction of the penalty's curvature 2λ (the smallest curvature a strict
   minimum of this objective has away from its symmetries), but no finer than Lanczos resolves
   in LANCZOS_STEPS products (the bottom of a spectrum spread over hessian_max takes
@@ -39,14 +46,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from bnrank.config import MseReduction
-from bnrank.models import HOMOGENEOUS
+from bnrank.measure.kinks import KinkAnalysis, analyze_kinks, kink_masks
+from bnrank.models import HOMOGENEOUS, EnsembleMLP
 from bnrank.training.objective import mse_scale
 
 GRAD_TOL = 1e-3
@@ -56,8 +64,6 @@ NEG_TOL_FACTOR = 0.01
 """Negative curvature tolerated, as a fraction of the penalty's curvature 2λ."""
 NEG_TOL_REL = 1e-6
 """...and at least this fraction of hessian_max (what LANCZOS_STEPS Lanczos steps resolve)."""
-KINK_TOL = 1e-9
-"""A pre-activation within KINK_TOL · (its layer's largest |pre-activation|) of 0 is on a kink."""
 MIN_EIG_TOL_FACTOR = 0.1
 """hessian_min counts as resolved when its Ritz residual is at most MIN_EIG_TOL_FACTOR · neg_tol."""
 LANCZOS_STEPS = 500
@@ -74,12 +80,18 @@ class Certificate:
     reason: str
     objective: float
     rel_grad: float
+    rel_subgrad: float
     grad_norm: float
     balance_error: float
     hessian_min: float
     hessian_max: float
     neg_tol: float
     kinks: int
+    sharp_kinks: int
+    concave_kinks: int
+    collapsed: int
+    escape_ratio: float
+    tangent_dim: int
     hvps: int
 
     def row(self) -> dict:
@@ -87,14 +99,16 @@ class Certificate:
         return {f"cert_{k}": None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(self).items()}
 
 
-def _lanczos_extremes(matvec: Callable[[np.ndarray], np.ndarray], n: int) -> tuple[float, float, float, float]:
+def _lanczos_extremes(matvec: Callable[[np.ndarray], np.ndarray], n: int,
+                      start: Callable[[np.ndarray], np.ndarray] = lambda v: v) -> tuple[float, float, float, float]:
     """(smallest, largest) Ritz values of a symmetric n × n operator after min(n, LANCZOS_STEPS)
-    Lanczos steps with full re-orthogonalization from a fixed start, and their residual norms
-    ‖Hv − θv‖ (each Ritz value lies within its residual of an eigenvalue; with n steps, exact)."""
+    Lanczos steps with full re-orthogonalization from a fixed start (mapped by `start`, e.g. onto
+    the operator's range), and their residual norms ‖Hv − θv‖ (each Ritz value lies within its
+    residual of an eigenvalue; with n steps, exact)."""
     k = min(n, LANCZOS_STEPS)
     basis = np.zeros((k, n))
     alpha, beta = [], []
-    q = np.random.default_rng(0).standard_normal(n)
+    q = start(np.random.default_rng(0).standard_normal(n))
     q /= np.linalg.norm(q)
     last = 0.0
     for j in range(k):
@@ -117,20 +131,25 @@ def _lanczos_extremes(matvec: Callable[[np.ndarray], np.ndarray], n: int) -> tup
 
 def certify_function(
     objective: Callable[[Tensor], Tensor], theta: Tensor, lam: float, balance: float = float("nan"),
-    kinks: int = 0, grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR,
+    kinks: KinkAnalysis | None = None, grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR,
 ) -> Certificate:
     """The certificate of a scalar objective C(θ) = fit(θ) + lam·‖θ‖² at a flat θ (P,).
 
-    `objective` maps a float64 (P,) tensor to the scalar C (the penalty included); `balance` and
-    `kinks` are reported as they are. See the module docstring for the quantities and the verdict.
+    `objective` maps a float64 (P,) tensor to the scalar C (the penalty included); `balance` is
+    reported as it is; `kinks`: the kink analysis at θ (ReLU nets), whose smallest subgradient,
+    objective F_{D*} and tangent space replace the plain gradient and Hessian when there are
+    kinks. See the module docstring for the quantities and the verdict.
     """
     theta = theta.detach().to(torch.float64).clone().requires_grad_(True)
     nan = float("nan")
+    n_kinks = kinks.kinks if kinks is not None else 0
+    counts = {"kinks": n_kinks, "sharp_kinks": kinks.sharp if kinks else 0, "concave_kinks": kinks.concave if kinks else 0,
+              "collapsed": kinks.collapsed if kinks else 0, "escape_ratio": kinks.escape_ratio if kinks else nan}
 
     def verdict(v: str, reason: str, **kw) -> Certificate:
-        vals = {"objective": nan, "rel_grad": nan, "grad_norm": nan, "hessian_min": nan, "hessian_max": nan,
-                "hvps": 0, "neg_tol": neg_tol_factor * 2 * lam} | kw
-        return Certificate(v, reason, balance_error=balance, kinks=kinks, **vals)
+        vals = {"objective": nan, "rel_grad": nan, "rel_subgrad": nan, "grad_norm": nan, "hessian_min": nan,
+                "hessian_max": nan, "hvps": 0, "neg_tol": neg_tol_factor * 2 * lam, "tangent_dim": 0} | kw
+        return Certificate(v, reason, balance_error=balance, **counts, **vals)
 
     if not torch.isfinite(theta).all():
         return verdict("not_converged", "parameters are not finite")
@@ -138,38 +157,55 @@ def certify_function(
         value = objective(theta)
         if not torch.isfinite(value):
             return verdict("not_converged", "objective is not finite")
-        (grad,) = torch.autograd.grad(value, theta, create_graph=True)
-    g = grad.detach()
+        (g,) = torch.autograd.grad(value, theta)
     penalty = 2 * lam * theta.detach()
     gnorm = g.norm().item()
     rel = gnorm / max((g - penalty).norm().item() + penalty.norm().item(), 1e-300)
-    base = {"objective": value.item(), "rel_grad": rel, "grad_norm": gnorm}
-    if not np.isfinite(rel):
+    sub = kinks.rel_subgrad if n_kinks else rel
+    base = {"objective": value.item(), "rel_grad": rel, "rel_subgrad": sub, "grad_norm": gnorm}
+    if not (np.isfinite(rel) and np.isfinite(sub)):
         return verdict("not_converged", "gradient is not finite", **base)
+    if kinks is not None:
+        projection = kinks.projector()
+        if projection is None:
+            return verdict("not_converged", f"{kinks.sharp} sharp kinks: tangent space too large to build", **base)
+        project, dim = projection
+        piece = kinks.objective
+    else:
+        (project, dim), piece = ((lambda v: v), theta.numel()), objective
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(piece(theta), theta, create_graph=True)
     count = [0]
 
     def hvp(v: np.ndarray) -> np.ndarray:
         count[0] += 1
-        u = torch.as_tensor(v.ravel(), dtype=torch.float64)
+        u = project(torch.as_tensor(v.ravel(), dtype=torch.float64))
         (hu,) = torch.autograd.grad(grad, theta, grad_outputs=u, retain_graph=True)
-        return hu.detach().numpy()
+        return project(hu.detach()).numpy()
 
-    h_min, h_max, res_min, _ = _lanczos_extremes(hvp, theta.numel())
+    h_min, h_max, res_min, _ = _lanczos_extremes(hvp, theta.numel(), lambda v: project(torch.as_tensor(v)).numpy())
+    # (on T, P's null directions are eigenvectors of PHP with eigenvalue 0: never below -neg_tol)
     neg_tol = max(neg_tol_factor * 2 * lam, NEG_TOL_REL * max(h_max, 0.0))
     ok = res_min <= MIN_EIG_TOL_FACTOR * neg_tol
-    base |= {"hessian_min": h_min, "hessian_max": h_max, "hvps": count[0], "neg_tol": neg_tol}
+    base |= {"hessian_min": h_min, "hessian_max": h_max, "hvps": count[0], "neg_tol": neg_tol, "tangent_dim": dim}
+    where = f" on the tangent space of {kinks.sharp} sharp kinks" if n_kinks else ""
     if lam <= 0:
         return verdict("not_converged", "lambda is 0: no regularized minimum to certify", **base)
-    if rel > grad_tol:
-        on_kinks = f"; {kinks} pre-activations on a ReLU kink, where the gradient is one-sided" if kinks else ""
-        return verdict("not_converged", f"relative gradient {rel:.2e} > {grad_tol:g}{on_kinks}", **base)
+    if sub > grad_tol:
+        what = f"smallest subgradient over {n_kinks} kinks" if n_kinks else "relative gradient"
+        return verdict("not_converged", f"{what} {sub:.2e} > {grad_tol:g}", **base)
     if not np.isfinite(h_min):
         return verdict("not_converged", "Hessian eigenvalues are not finite", **base)
+    if counts["escape_ratio"] > 1:
+        return verdict("saddle", f"switching on a collapsed neuron lowers C: gain {counts['escape_ratio']:.3g}·2λ", **base)
+    if counts["concave_kinks"]:
+        return verdict("saddle", f"{counts['concave_kinks']} concave kinks: C falls off them at first order", **base)
     if h_min < -neg_tol:
-        return verdict("saddle", f"negative curvature {h_min:.3e} < -{neg_tol:.1e}", **base)
+        return verdict("saddle", f"negative curvature {h_min:.3e} < -{neg_tol:.1e}{where}", **base)
     if not ok:
-        return verdict("not_converged", f"smallest Hessian eigenvalue unresolved in {LANCZOS_STEPS} Lanczos steps", **base)
-    return verdict("local_min", f"relative gradient {rel:.1e}, smallest eigenvalue {h_min:.1e} >= -{neg_tol:.1e}", **base)
+        return verdict("not_converged", f"smallest Hessian eigenvalue{where} unresolved in {LANCZOS_STEPS} Lanczos steps", **base)
+    what = f"smallest subgradient over {n_kinks} kinks" if n_kinks else "relative gradient"
+    return verdict("local_min", f"{what} {sub:.1e}, smallest eigenvalue{where} {h_min:.1e} >= -{neg_tol:.1e}", **base)
 
 
 def _member_objective(model, x: Tensor, y: Tensor, lam: float, reduction: MseReduction) -> tuple[Callable, Tensor]:
@@ -193,35 +229,41 @@ def certify(
     grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR,
 ) -> list[Certificate]:
     """The certificate of every member of `model` on (x, y) at regularization `lam` (one value or
-    one per member): x (N, d_in) shared or (E, N, d_in), y likewise. Member by member, in float64."""
+    one per member): x (N, d_in) shared or (E, N, d_in), y likewise. Member by member, in float64.
+    A ReLU MLP on kinks gets the kink analysis (bnrank.measure.kinks); another family with
+    kinks is ``not_converged`` (its kink analysis is not built)."""
     members = model.members
     lams = [float(v) for v in lam] if isinstance(lam, (list, tuple)) else [float(lam)] * members
     model64 = model.select(list(range(members))).double()
     bal = model64.balance_error().tolist() if model64.has(HOMOGENEOUS) else [float("nan")] * members
-    kinks = kink_counts(model64, x.to(torch.float64))
+    masks, collapsed = kink_masks(model64, x.to(torch.float64))
+    analyzable = isinstance(model64, EnsembleMLP) and model64.activation == "relu"
+    scale = mse_scale(reduction, y.shape[-1])
     out = []
     for e in range(members):
         one = model64.select([e])
         xe = (x[e] if x.dim() == 3 else x).to(torch.float64)
         ye = (y[e] if y.dim() == 3 else y).to(torch.float64)
         fn, theta = _member_objective(one, xe, ye, lams[e], reduction)
-        out.append(certify_function(fn, theta, lams[e], bal[e], kinks[e], grad_tol, neg_tol_factor))
+        mine = [m[e] for m in masks]
+        count = int(sum(m.sum() for m in mine))
+        finite = bool(torch.isfinite(theta).all())
+        kinks = analyze_kinks(one, xe, ye, lams[e], scale, mine, [d[e] for d in collapsed]) \
+            if analyzable and finite and lams[e] > 0 else None
+        cert = certify_function(fn, theta, lams[e], bal[e], kinks, grad_tol, neg_tol_factor)
+        if count and not analyzable:
+            cert = replace(cert, verdict="not_converged", kinks=count,
+                           reason=f"{count} pre-activations on a ReLU kink (the kink analysis covers ReLU MLPs)")
+        out.append(cert)
     return out
 
 
 def kink_counts(model, x: Tensor) -> list[int]:
-    """Per member: # (input, hidden neuron) pre-activations with |α| ≤ KINK_TOL · max over the
-    layer's |α| (ReLU's kink), not counting neurons that are at the kink on every input (a
-    collapsed neuron, weights and bias ≈ 0: its fit gradient vanishes with its outgoing weights)."""
-    with torch.no_grad():
-        total = torch.zeros(model.members, dtype=torch.long)
-        if getattr(model, "activation", "relu") != "relu":
-            return total.tolist()
-        for alpha in (site.pre for site in model.sites(x) if site.nonlinear):
-            a = alpha.abs()  # (E, N, d)
-            at = a <= KINK_TOL * a.flatten(1).max(1).values[:, None, None]
-            total += (at & ~at.all(1, keepdim=True)).flatten(1).sum(1).cpu()
-        return total.tolist()
+    """Per member: # kinks (bnrank.measure.kinks.kink_masks)."""
+    total = torch.zeros(model.members, dtype=torch.long)
+    for mask in kink_masks(model, x)[0]:
+        total += mask.flatten(1).sum(1).cpu()
+    return total.tolist()
 
 
 def certificate_rows(model, x: Tensor, y: Tensor, lam: list[float] | float, reduction: MseReduction = "sum",
