@@ -11,13 +11,17 @@ W_⌈L/2⌉ above 0.1) and its top 5 singular values. With `--finish-steps K`, a
 setting: the recipe's Adam phase, then the float64 L-BFGS finish (`optimizer: lbfgs`, at most K
 iterations, bnrank.training.finish). With `--certify`, every member of the recipe and finish runs
 gets its certificate (bnrank.measure.certificate: verdict, relative gradient, Hessian extremes,
-kinks) and the seconds it took.
+kinks) and the seconds it took, at every tolerance of `--kink-tols`. With `--smooth-finish K`,
+the recipe run is continued by the smoothed L-BFGS finish (widths SMOOTHING, at most K iterations
+each; bnrank.training.finish) and reported as "recipe+smoothed" (steps and seconds include the
+recipe's).
 
     .venv/bin/python bench/convergence.py                       # L 8, 16 × λ 1e-3, 1e-2, E = 2
     .venv/bin/python bench/convergence.py --depths 8 --lams 0.001 --no-baseline
     .venv/bin/python bench/convergence.py --width 100 --n-train 500   # the task's default sizes
     .venv/bin/python bench/convergence.py --lams 0.001 --no-baseline --polish-steps 150000  # a longer cap
     .venv/bin/python bench/convergence.py --depths 8 --no-baseline --finish-steps 5000 --certify
+    .venv/bin/python bench/convergence.py --no-baseline --smooth-finish 3000 --certify --kink-tols 1e-9 1e-6
 
 Run it alone (one process, one thread: the machine is shared); prints a markdown table.
 """
@@ -29,11 +33,17 @@ import json
 import os
 import time
 
+from types import SimpleNamespace
+
 import torch
 
 import bnrank
+from bnrank.config import TrainConfig
 from bnrank.measure.certificate import certify
 from bnrank.training.recipe import apply_recipe, default_train_config, middle_layer
+
+SMOOTHING = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
+"""Widths of the smoothed finish's homotopy (`--smooth-finish`)."""
 
 
 def base_config(depth: int, lam: float, args) -> dict:
@@ -97,14 +107,34 @@ def describe(run, depth: int, kind: str, from_step: int | None, window: int, bal
     return rows
 
 
-def add_certificates(rows: list[dict], run, lam: float) -> None:
-    """Each member's certificate at the run's final parameters, into its row (with its seconds)."""
-    start = time.perf_counter()
-    certs = certify(run.model, run.task.x_train, run.task.y_train, lam, run.config.train.mse_reduction)
-    seconds = (time.perf_counter() - start) / len(certs)
-    for row, c in zip(rows, certs):
-        row |= {"verdict": c.verdict, "rel_grad": c.rel_grad, "h_min": c.hessian_min, "h_max": c.hessian_max,
-                "kinks": c.kinks, "cert_s": round(seconds, 1), "reason": c.reason}
+def add_certificates(rows: list[dict], run, lam: float, kink_tols: list[float]) -> list[dict]:
+    """Each member's certificate at the run's final parameters at every kink tolerance: one row per
+    (member, tolerance), its row's columns plus the certificate's (with its seconds)."""
+    out = []
+    for tol in kink_tols:
+        start = time.perf_counter()
+        certs = certify(run.model, run.task.x_train, run.task.y_train, lam, run.config.train.mse_reduction, kink_tol=tol)
+        seconds = (time.perf_counter() - start) / len(certs)
+        for row, c in zip(rows, certs):
+            out.append(row | {"kink_tol": tol, "verdict": c.verdict, "rel_grad": c.rel_grad, "rel_subgrad": c.rel_subgrad,
+                              "h_min": c.hessian_min, "h_max": c.hessian_max, "kinks": c.kinks, "sharp": c.sharp_kinks,
+                              "concave": c.concave_kinks, "collapsed": c.collapsed, "escape": c.escape_ratio,
+                              "cert_s": round(seconds, 1), "reason": c.reason})
+    return out
+
+
+def smooth_finish(run, depth: int, lam: float, args):
+    """The recipe run continued by the smoothed L-BFGS finish (SMOOTHING widths, at most
+    `args.smooth_finish` iterations each), on a copy of its model; its steps and seconds are the
+    recipe's plus the finish's."""
+    cfg = {"lam": lam, "log_every": args.log_every, "mse_reduction": run.config.train.mse_reduction,
+           "phases": [{"optimizer": "lbfgs", "steps": args.smooth_finish, "smoothing": SMOOTHING, "gtol": 1e-10}]}
+    model = run.model.select(list(range(run.model.members)))
+    res = bnrank.fit(model, run.task.x_train, run.task.y_train, TrainConfig(**cfg), progress=False)
+    metrics = res.metrics.assign(step=res.metrics.step + int(run.summary["steps"]))
+    summary = run.summary | {"steps": int(run.summary["steps"]) + res.steps,
+                             "wall_time_s": run.summary["wall_time_s"] + res.wall_time, "finish_s": res.wall_time}
+    return SimpleNamespace(model=model, metrics=metrics, summary=summary, task=run.task, config=run.config)
 
 
 def main() -> None:
@@ -123,6 +153,9 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--finish-steps", type=int, default=None, help="also run Adam → L-BFGS finish with this cap")
     ap.add_argument("--certify", action="store_true", help="certify every member of the recipe and finish runs")
+    ap.add_argument("--kink-tols", type=float, nargs="+", default=[1e-9], help="kink tolerances of the certificates")
+    ap.add_argument("--smooth-finish", type=int, default=None,
+                    help="also continue the recipe by the smoothed L-BFGS finish, this many iterations per width")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -136,18 +169,22 @@ def main() -> None:
             polish_from = tc.phases[0].steps + tc.phases[1].steps
             run = bnrank.train(cfg, progress=False)
             new = describe(run, depth, "recipe", polish_from, tc.stop.window, tc.stop.balance_tol)
-            if args.certify:
-                add_certificates(new, run, lam)
+            new = add_certificates(new, run, lam, args.kink_tols) if args.certify else new
             rows += new
             print("\n".join(json.dumps(r) for r in new), flush=True)
+            if args.smooth_finish:
+                srun = smooth_finish(run, depth, lam, args)
+                new = describe(srun, depth, "recipe+smoothed", None, tc.stop.window, tc.stop.balance_tol)
+                new = add_certificates(new, srun, lam, args.kink_tols) if args.certify else new
+                rows += new
+                print("\n".join(json.dumps(r) for r in new), flush=True)
             if args.finish_steps:
                 fcfg = apply_recipe(base_config(depth, lam, args), **kw)
                 fcfg["train"]["phases"] = fcfg["train"]["phases"][:1] + [{"optimizer": "lbfgs", "steps": args.finish_steps}]
                 fcfg["train"].pop("stop", None)
                 frun = bnrank.train(fcfg, progress=False)
                 new = describe(frun, depth, "adam+lbfgs", None, tc.stop.window, tc.stop.balance_tol)
-                if args.certify:
-                    add_certificates(new, frun, lam)
+                new = add_certificates(new, frun, lam, args.kink_tols) if args.certify else new
                 rows += new
                 print("\n".join(json.dumps(r) for r in new), flush=True)
             if not args.no_baseline:
@@ -172,13 +209,15 @@ def main() -> None:
               f"{', '.join(f'{v:.2f}' for v in r['top_sv'])} |")
     if args.certify:
         print()
-        print("| run | L | λ | member | steps | s | objective | verdict | rel. gradient | h_min | h_max | kinks | certificate s |")
-        print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+        print("| run | L | λ | member | steps | s | objective | kink tol | verdict | rel. gradient | rel. subgradient | "
+              "kinks (sharp, concave) | collapsed (escape gain / 2λ) | h_min | h_max | certificate s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|---:|---:|---:|")
         for r in rows:
             if "verdict" in r:
                 print(f"| {r['kind']} | {r['depth']} | {r['lam']:g} | {r['member']} | {r['steps']} | {r['seconds']} | "
-                      f"{r['objective']:.5f} | {r['verdict']} | {r['rel_grad']:.1e} | {r['h_min']:.2e} | {r['h_max']:.3g} | "
-                      f"{r['kinks']} | {r['cert_s']} |")
+                      f"{r['objective']:.6f} | {r['kink_tol']:g} | {r['verdict']} | {r['rel_grad']:.1e} | {r['rel_subgrad']:.1e} | "
+                      f"{r['kinks']} ({r['sharp']}, {r['concave']}) | {r['collapsed']} ({r['escape']:.2f}) | "
+                      f"{r['h_min']:.2e} | {r['h_max']:.3g} | {r['cert_s']} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -152,3 +152,60 @@ def test_certificates_reach_the_run_summary_and_the_sweep_runs_table(tmp_path):
     assert rows.cert_hessian_max.iloc[0] == members[0]["cert_hessian_max"]
     plain = bnrank.train(cfg | {"train": cfg["train"] | {"certify": False}}, progress=False)
     assert not any(k.startswith("cert_") for k in plain.summary["members"][0])
+
+
+def test_smooth_relu_is_relu_off_the_band_and_c1():
+    from bnrank.training.finish import smooth_relu
+
+    h = torch.linspace(-0.3, 0.3, 6001, dtype=torch.float64, requires_grad=True)
+    s = smooth_relu(h, 0.1)
+    off = h.detach().abs() >= 0.1
+    assert torch.equal(s[off], torch.relu(h)[off])
+    (slope,) = torch.autograd.grad(s.sum(), h)
+    assert slope.min() >= 0 and slope.max() <= 1
+    assert (slope[1:] - slope[:-1]).abs().max() < 1e-3  # continuous slope: steps of 1e-4 in h, 5e-4 in slope
+
+
+def test_smoothed_finish_lands_on_a_kink_minimum_and_certifies_it():
+    """The width-1 net of tests/test_certificate.py whose minimum lies on a kink (input −1 at
+    b = w): from a point off it, the smoothed finish reaches it (objective to 1e-10 of the Newton
+    solution on the kink, 0.12207214997808165), and the certificate says local_min there."""
+    x = torch.tensor([[-1.0], [0.0], [1.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0], [1.0], [1.0]], dtype=torch.float64)
+    t = lambda value: torch.tensor([[[value]]], dtype=torch.float64)  # noqa: E731
+    net = EnsembleMLP([t(0.4), t(0.9)], [t(0.3)[0], t(0.1)[0]])
+    cfg = TrainConfig(lam=0.05, log_every=50, phases=[
+        {"optimizer": "lbfgs", "steps": 200, "gtol": 1e-12, "smoothing": [1e-2, 1e-4, 1e-6, 1e-8, 1e-10]}])
+    res = fit(net, x, y, cfg, progress=False)
+    assert res.failed == [False]
+    final = res.metrics.iloc[-1]
+    assert final.objective == pytest.approx(0.12207214997808165, abs=1e-10)
+    w, b = net.weights[0][0, 0, 0].item(), net.biases[0][0, 0].item()
+    assert abs(b - w) < 1e-8  # on the kink
+    cert = certify(net, x, y, 0.05, kink_tol=1e-8)[0]
+    assert cert.verdict == "local_min" and cert.sharp_kinks == 1, cert.reason
+
+
+def test_smoothed_finish_keeps_members_independent():
+    x, y = _data()
+    cfg = TrainConfig(lam=0.02, log_every=50, phases=[
+        {"optimizer": "adam", "steps": 300, "lr": 0.01},
+        {"optimizer": "lbfgs", "steps": 60, "smoothing": [1e-2, 1e-3]}])
+    full = EnsembleMLP.init(2, [3, 6, 6, 2], seeds=[0, 1])
+    fit(full, x, y, cfg, progress=False)
+    alone = EnsembleMLP.init(1, [3, 6, 6, 2], seeds=[1])
+    fit(alone, x, y, cfg, progress=False)
+    for p_full, p_alone in zip(full.parameters(), alone.parameters()):
+        assert torch.allclose(p_full[1:], p_alone, rtol=0, atol=1e-12)
+
+
+def test_smoothing_is_for_a_decreasing_lbfgs_homotopy_on_a_relu_mlp():
+    with pytest.raises(ConfigError, match="decreasing"):
+        validate(TrainConfig, {"phases": [{"optimizer": "lbfgs", "smoothing": [1e-3, 1e-2]}]})
+    with pytest.raises(ConfigError, match="decreasing"):
+        validate(TrainConfig, {"phases": [{"optimizer": "gd", "smoothing": [1e-3]}]})
+    x, y = _data()
+    linear = EnsembleMLP.init(1, [3, 4, 2], seeds=[0], activation="linear")
+    cfg = TrainConfig(lam=0.02, phases=[{"optimizer": "lbfgs", "steps": 5, "smoothing": [1e-3]}])
+    with pytest.raises(ConfigError, match="needs a ReLU MLP"):
+        fit(linear, x, y, cfg, progress=False)

@@ -381,7 +381,12 @@ class Phase(StrictModel):
     `optimizer: lbfgs` is the second-order finish (bnrank.training.finish): full-batch L-BFGS in
     float64 with `history` pairs and a per-member line search, for at most `steps` iterations;
     a member stops when its relative gradient is at most `gtol`. It must be the last phase, runs
-    at constant λ, and promotes the model's parameters to float64 (they stay float64).
+    at constant λ, and promotes the model's parameters to float64 (they stay float64). It runs on
+    every member that has not diverged, also those an earlier phase's stop rule froze. With
+    `smoothing: [δ_1, δ_2, ...]` (decreasing widths, ReLU MLPs only) it is a homotopy: stage j
+    minimizes the objective with ReLU replaced by its C¹ smoothing of half-width δ_j (quadratic on
+    |α| < δ_j), for at most `steps` iterations each, warm-started from the previous stage
+    (bnrank.training.finish).
     """
 
     optimizer: Literal["adam", "gd", "sgd", "lbfgs"] = "adam"
@@ -400,6 +405,7 @@ class Phase(StrictModel):
     sharpness_iters: int = Field(20, gt=0)
     history: int = Field(20, gt=0)
     gtol: PositiveFloat = 1e-8
+    smoothing: list[PositiveFloat] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "Phase":
@@ -412,6 +418,9 @@ class Phase(StrictModel):
         if self.optimizer == "lbfgs" and (self.batch_size is not None or self.lr_sharpness is not None
                                           or self.momentum != 0.0 or self.lam_factor_start != 1.0):
             raise ValueError("optimizer 'lbfgs' is full batch at constant λ: drop batch_size, lr_sharpness, momentum and lam_factor_start")
+        if self.smoothing is not None and (self.optimizer != "lbfgs" or not self.smoothing
+                                           or any(b >= a for a, b in zip(self.smoothing, self.smoothing[1:]))):
+            raise ValueError("smoothing is a non-empty decreasing list of widths for optimizer 'lbfgs'")
         if self.optimizer == "adam" and (self.lr_sharpness is not None or self.momentum == "auto"):
             raise ValueError("lr_sharpness and momentum 'auto' are for optimizer 'gd' or 'sgd'")
         explicit_lr = "lr" in self.model_fields_set and self.lr != Phase.model_fields["lr"].default  # a dump round-trips
@@ -634,6 +643,7 @@ def load_run_config(path: str | Path | None = None, assignments: list[str] = ())
 NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.kind": "mlp", "model.activation": "relu", "model.bias": True,
     "train.certify": False, "train.phases.*.history": 20, "train.phases.*.gtol": 1e-8, "train.adaptive_steps": None,
+    "train.phases.*.smoothing": None,
 }
 """Config fields whose value here gives exactly the network a config without the field gives:
 content hashes leave them out at that value (`canonical_dump`), so a config written before the

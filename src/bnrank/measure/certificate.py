@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from bnrank.config import MseReduction
-from bnrank.measure.kinks import KinkAnalysis, analyze_kinks, kink_masks
+from bnrank.measure.kinks import KINK_TOL, KinkAnalysis, analyze_kinks, kink_masks
 from bnrank.models import HOMOGENEOUS, EnsembleMLP
 from bnrank.training.objective import mse_scale
 
@@ -226,17 +226,18 @@ def _member_objective(model, x: Tensor, y: Tensor, lam: float, reduction: MseRed
 
 def certify(
     model, x: Tensor, y: Tensor, lam: list[float] | float, reduction: MseReduction = "sum",
-    grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR,
+    grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR, kink_tol: float = KINK_TOL,
 ) -> list[Certificate]:
     """The certificate of every member of `model` on (x, y) at regularization `lam` (one value or
     one per member): x (N, d_in) shared or (E, N, d_in), y likewise. Member by member, in float64.
+    `kink_tol`: pre-activations within it of 0 (relative to their layer's largest) are kinks.
     A ReLU MLP on kinks gets the kink analysis (bnrank.measure.kinks); another family with
     kinks is ``not_converged`` (its kink analysis is not built)."""
     members = model.members
     lams = [float(v) for v in lam] if isinstance(lam, (list, tuple)) else [float(lam)] * members
     model64 = model.select(list(range(members))).double()
     bal = model64.balance_error().tolist() if model64.has(HOMOGENEOUS) else [float("nan")] * members
-    masks, collapsed = kink_masks(model64, x.to(torch.float64))
+    masks, collapsed = kink_masks(model64, x.to(torch.float64), kink_tol)
     analyzable = isinstance(model64, EnsembleMLP) and model64.activation == "relu"
     scale = mse_scale(reduction, y.shape[-1])
     out = []

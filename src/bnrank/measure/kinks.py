@@ -48,7 +48,10 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 KINK_TOL = 1e-9
-"""A pre-activation within KINK_TOL · (its layer's largest |pre-activation|) of 0 is on a kink."""
+"""A pre-activation within KINK_TOL · (its layer's largest |pre-activation|) of 0 is on a kink. A
+larger tolerance treats near-kinks as kinks: the witness is then one for a point within about
+that distance of θ (a point a smoothed finish, bnrank.training.finish, leaves within its last
+width δ of the kinks)."""
 SLOPE_MARGIN = 1e-3
 """A kink's slope D*_k is interior when it is at least this far from 0 and from 1."""
 C_TOL_REL = 1e-6
@@ -63,9 +66,9 @@ MAX_TANGENT_ENTRIES = 2e8
 """Largest (# sharp kinks) × P the tangent projection is built for (a dense float64 matrix)."""
 
 
-def kink_masks(model, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+def kink_masks(model, x: Tensor, tol: float = KINK_TOL) -> tuple[list[Tensor], list[Tensor]]:
     """(kinks, collapsed) per hidden layer of every member: kinks bool (E, N, d_ℓ), |α| ≤
-    KINK_TOL · the layer's largest |α|, not counting collapsed neurons, bool (E, d_ℓ): those at
+    tol · the layer's largest |α|, not counting collapsed neurons, bool (E, d_ℓ): those at
     the kink on every input (weights and bias ≈ 0). Empty lists for a linear net."""
     if getattr(model, "activation", "relu") != "relu":
         return [], []
@@ -73,7 +76,7 @@ def kink_masks(model, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         masks, collapsed = [], []
         for alpha in (site.pre for site in model.sites(x) if site.nonlinear):
             a = alpha.abs()
-            at = a <= KINK_TOL * a.flatten(1).max(1).values[:, None, None]
+            at = a <= tol * a.flatten(1).max(1).values[:, None, None]
             dead = at.all(1)
             masks.append(at & ~dead[:, None, :])
             collapsed.append(dead)

@@ -18,6 +18,14 @@ directions from its own gradients. Per member e, with the last `history` pairs
   bad direction). Either way the other members are unaffected: every operation is per member
   (rows of (E, P) tensors, batched matmuls), so a member's iterates are those it would have alone.
 
+With smoothing (ReLU MLPs), stage j of the homotopy evaluates C with every ReLU replaced by
+s_δ(α) = 0 (α ≤ −δ), (α + δ)²/(4δ) (|α| < δ), α (α ≥ δ) at δ = δ_j: C¹, equal to ReLU off the band
+|α| < δ, with slope (α + δ)/(2δ) ∈ [0, 1] inside it. Minima of regularized ReLU nets lie on kinks
+(bnrank.measure.kinks), where L-BFGS on C itself stalls: it builds its curvature model from
+gradients that jump. The smoothed objectives are differentiable, their minimizers move to C's as
+δ → 0, and the slopes of the units inside the band are the kink slopes D* of the kink analysis.
+Smoothed gradients are autograd's on one batched forward of all members.
+
 Parameters are kept member-major in an (E, P) float64 buffer, in the order of
 ``model.parameters()``, and written into the model before each evaluation.
 """
@@ -31,6 +39,7 @@ from torch import Tensor
 
 from bnrank.config import MseReduction
 from bnrank.training.backprop import Workspace
+from bnrank.training.objective import mse_scale
 
 ARMIJO_C1 = 1e-4
 """Sufficient-decrease constant of the line search."""
@@ -161,6 +170,8 @@ class ModelObjective:
         self.sizes = [p[0].numel() for p in self.params]
         self.ws = Workspace()
         self.mse = self.norm_sq = None
+        self.delta = 0.0
+        """Smoothing half-width δ of the evaluations (0: the objective itself; > 0: ReLU MLPs)."""
 
     def theta(self) -> Tensor:
         E = self.model.members
@@ -172,8 +183,36 @@ class ModelObjective:
                 p.copy_(part.view_as(p))
 
     def __call__(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        if self.delta > 0:
+            return self._smoothed(theta)
         self.load(theta)
         obj, err, norm, grads = value_and_grads(self.model, self.x, self.y, self.lam, self.ws, self.reduction)
         self.mse, self.norm_sq = err.clone(), norm.clone()
         E = theta.shape[0]
         return obj.clone(), torch.cat([t.reshape(E, -1) for t in grads], 1)  # copies out of the workspace
+
+    def _smoothed(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """(C_δ (E,), ∇C_δ (E, P)): the objective with s_δ for ReLU (module docstring)."""
+        depth, E = self.model.depth, theta.shape[0]
+        with torch.enable_grad():
+            t = theta.detach().requires_grad_(True)
+            parts = [u.view_as(p) for u, p in zip(torch.split(t, self.sizes, 1), self.params)]
+            weights, biases = parts[:depth], (parts[depth:] if self.model.has_bias else [None] * depth)
+            h = self.x
+            for i, (w, b) in enumerate(zip(weights, biases)):
+                if i > 0:
+                    h = smooth_relu(h, self.delta)
+                h = torch.matmul(h, w.transpose(1, 2))
+                h = h if b is None else h + b.unsqueeze(1)
+            err = (h - self.y).square().sum(-1).mean(-1) * mse_scale(self.reduction, h.shape[-1])
+            norm = t.square().sum(1)
+            obj = err + self.lam * norm
+            (grad,) = torch.autograd.grad(obj.sum(), t)
+        self.mse, self.norm_sq = err.detach(), norm.detach()
+        return obj.detach(), grad
+
+
+def smooth_relu(h: Tensor, delta: float) -> Tensor:
+    """s_δ(h): 0 below −δ, (h + δ)²/(4δ) on |h| < δ, h above δ (C¹; the module docstring)."""
+    band = (h + delta).square() / (4 * delta)
+    return torch.where(h >= delta, h, torch.where(h <= -delta, torch.zeros_like(h), band))

@@ -28,8 +28,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from bnrank.config import StopRule, TrainConfig, per_member
-from bnrank.errors import DataError
-from bnrank.models import HOMOGENEOUS, LAYER_STEPS, EnsembleModel
+from bnrank.errors import ConfigError, DataError
+from bnrank.models import HOMOGENEOUS, LAYER_STEPS, EnsembleMLP, EnsembleModel
 from bnrank.training.backprop import Workspace
 from bnrank.training.finish import LBFGS, ModelObjective
 from bnrank.training.flat import FlatParameters
@@ -100,6 +100,8 @@ def fit(
     if config.rebalance_every:
         model.require(HOMOGENEOUS, "train.rebalance_every")
     finish = config.phases[-1] if config.phases[-1].optimizer == "lbfgs" else None
+    if finish is not None and finish.smoothing and not (isinstance(model, EnsembleMLP) and model.activation == "relu"):
+        raise ConfigError(f"train.phases[-1].smoothing needs a ReLU MLP, not {model.describe()}")
     phases = config.phases[:-1] if finish is not None else config.phases
     x64, y64 = x.to(dtype=torch.float64, device=ref.device), y.to(dtype=torch.float64, device=ref.device)
     if config.adaptive_steps is not None:
@@ -126,7 +128,7 @@ def fit(
     rows: list[dict] = []
     history: list[tuple[int, Tensor]] = []
     step = 0
-    total_steps = sum(p.steps for p in config.phases)
+    total_steps = sum(p.steps * len(p.smoothing or [0]) for p in config.phases)
     show = sys.stderr.isatty() if progress is None else progress
     start = time.perf_counter()
 
@@ -203,7 +205,7 @@ def fit(
                         break
             if not (alive & ~done).any():
                 break
-        if finish is not None and (alive & ~done).any():
+        if finish is not None and alive.any():
             lam64 = torch.tensor(lam_values, dtype=torch.float64, device=ref.device)
             step = _finish(model, x64, y64, lam64, finish, len(phases), config, alive, done, stopped_at, failed,
                            rows, step, lambda info: bar.update(task, completed=step, info=info))
@@ -231,42 +233,52 @@ def _balance(model: EnsembleModel, like: Tensor) -> Tensor:
 
 def _finish(model, x: Tensor, y: Tensor, lam: Tensor, phase, phase_idx: int, config: TrainConfig, alive: Tensor,
             done: Tensor, stopped_at: list, failed: Tensor, rows: list, step: int, show) -> int:
-    """Run the "lbfgs" phase on the live members in float64 (the model is promoted in place);
-    updates done/failed/stopped_at and appends metric rows; returns the step count after it."""
+    """Run the "lbfgs" phase on the members that have not diverged, in float64 (the model is
+    promoted in place), one L-BFGS run per smoothing stage (one run without smoothing); updates
+    done/failed/stopped_at and appends metric rows (the objective itself, also while smoothing);
+    returns the step count after it."""
     model.double()
     evaluate = ModelObjective(model, x, y, lam, config.mse_reduction)
-    opt = LBFGS(evaluate, evaluate.theta(), lam, phase.history, phase.gtol, ~alive | done)
+    stages = phase.smoothing or [0.0]
+    theta = evaluate.theta()
+    converged = torch.zeros_like(done)
+    for stage, delta in enumerate(stages):
+        evaluate.delta = delta
+        opt = LBFGS(evaluate, theta, lam, phase.history, phase.gtol, ~alive | failed)
+        last = stage == len(stages) - 1
 
-    def log(alpha: Tensor) -> None:
-        evaluate(opt.theta)  # the model at the accepted parameters, with their mse and ‖θ‖²
-        cols = {
-            "objective": opt.f, "mse": evaluate.mse, "param_norm_sq": evaluate.norm_sq, "grad_norm": opt.g.norm(dim=1),
-            "balance_error": _balance(model, opt.f), "lr": alpha, "lam": opt.lam, "diverged": ~alive,
-            "converged": done | opt.converged,
-        }
-        values = {k: v.detach().cpu().tolist() for k, v in cols.items()}
-        for e in range(model.members):
-            rows.append({"step": step, "phase": phase_idx, "member": e} | {k: v[e] for k, v in values.items()})
+        def log(alpha: Tensor) -> None:
+            evaluate.delta = 0.0
+            f, g = evaluate(opt.theta)  # the objective itself at the accepted parameters
+            evaluate.delta = delta
+            cols = {
+                "objective": f, "mse": evaluate.mse, "param_norm_sq": evaluate.norm_sq, "grad_norm": g.norm(dim=1),
+                "balance_error": _balance(model, f), "lr": alpha, "lam": opt.lam, "diverged": ~alive,
+                "converged": done | (opt.converged if last else converged),
+            }
+            values = {k: v.detach().cpu().tolist() for k, v in cols.items()}
+            for e in range(model.members):
+                rows.append({"step": step, "phase": phase_idx, "member": e} | {k: v[e] for k, v in values.items()})
 
-    def record(before: Tensor) -> None:
-        for e in torch.nonzero((opt.converged | opt.failed) & ~before).flatten().tolist():
-            stopped_at[e] = step
-
-    none = torch.zeros_like(opt.f)
-    record(torch.zeros_like(done))
-    if step == 0:
-        log(none)
-    for t in range(phase.steps):
-        if not opt.live().any():
-            break
-        before = opt.converged | opt.failed
-        alpha = opt.iterate()
-        step += 1
-        record(before)
-        if step % config.log_every == 0 or t == phase.steps - 1 or not opt.live().any():
-            log(alpha)
-            show(f"relative gradient {opt.rel_grad()[opt.live()].max().item():.2e}" if opt.live().any() else "all members stopped")
-    evaluate.load(opt.theta)
-    done.logical_or_(opt.converged)
-    failed.logical_or_(opt.failed & alive)
+        if step == 0:
+            log(torch.zeros_like(opt.f))
+        for t in range(phase.steps):
+            if not opt.live().any():
+                break
+            before = opt.failed | (opt.converged & last)
+            alpha = opt.iterate()
+            step += 1
+            for e in torch.nonzero((opt.failed | (opt.converged & last)) & ~before).flatten().tolist():
+                stopped_at[e] = step
+            if step % config.log_every == 0 or t == phase.steps - 1 or not opt.live().any():
+                log(alpha)
+                width = f"δ = {delta:.0e}, " if delta else ""
+                show(f"{width}relative gradient {opt.rel_grad()[opt.live()].max().item():.2e}" if opt.live().any()
+                     else "all members stopped")
+        theta = opt.theta
+        failed.logical_or_(opt.failed & alive)
+        converged = opt.converged
+    evaluate.delta = 0.0
+    evaluate.load(theta)
+    done.logical_or_(converged)
     return step
