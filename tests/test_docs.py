@@ -223,6 +223,14 @@ def test_column_reference_matches_the_sweep_and_run_tables(tiny_sweep, tmp_path)
     assert docs["metrics"] == set(run.metrics.columns) == set(bnrank.load_run(tmp_path / "run").metrics.columns)
 
 
+def test_column_reference_matches_the_certificate():
+    from dataclasses import fields
+
+    from bnrank.measure.certificate import Certificate
+
+    assert documented_columns()["certificate"] == {f"cert_{f.name}" for f in fields(Certificate)}
+
+
 # -- module paths named in the documents exist ---------------------------------------------------
 
 DOTTED = re.compile(r"`(bnrank(?:\.\w+)+)[`(]")
