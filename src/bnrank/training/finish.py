@@ -193,7 +193,7 @@ class ModelObjective:
 
     def _smoothed(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """(C_δ (E,), ∇C_δ (E, P)): the objective with s_δ for ReLU (module docstring)."""
-        depth, E = self.model.depth, theta.shape[0]
+        depth = self.model.depth
         with torch.enable_grad():
             t = theta.detach().requires_grad_(True)
             parts = [u.view_as(p) for u, p in zip(torch.split(t, self.sizes, 1), self.params)]
