@@ -108,8 +108,9 @@ def test_depth_starts_use_trained_truncated_and_extended_networks():
 def test_descent_config_drops_the_adam_phase_and_shifts_the_stop_rule():
     cfg = default_train_config(8, 1e-3, adam_steps=100, descent_steps=200, polish_steps=300, window=50)
     out = rm.descent_config(cfg, 0.5)
-    assert [p.optimizer for p in out.phases] == ["gd", "gd"] and [p.steps for p in out.phases] == [100, 150]
-    assert out.stop.min_steps == 100 + 50 and cfg.stop.min_steps == 100 + 200 + 50
+    assert [p.optimizer for p in out.phases] == ["gd"] * 6 and [p.steps for p in out.phases] == [12] * 4 + [100, 150]
+    assert [p.momentum for p in out.phases] == [0.9] * 4 + [0.9995] * 2
+    assert out.stop.min_steps == 48 + 100 + 50 and cfg.stop.min_steps == 100 + 200 + 50
 
 
 def test_finish_starts_rows_and_best_minima():
@@ -121,7 +122,7 @@ def test_finish_starts_rows_and_best_minima():
     rows = rm.finish_starts(starts, x, y, cfg, 1e-3, certify=False)
     assert len(rows) == len(starts) and list(rows.columns) == rm.COLUMNS
     assert (rows["left_class"] == (rows["mid_rank"] != rows["rank_class"])).all()
-    assert (rows["steps"] <= 60).all()
+    assert (rows["steps"] <= 4 * 3 + 60).all()
     certified = rm.finish_starts(starts[:1], x, y, cfg, 1e-3)
     assert {"cert_verdict", "cert_rel_grad", "cert_hessian_min"} <= set(certified.columns)
 

@@ -13,8 +13,8 @@ trained ReLU MLPs, and each start is finished by the descent phases of the depth
   re-balanced, then truncated to rank k as above.
 
 Rank = # singular values of W_{⌈L/2⌉} above RANK_THRESHOLD (0.1). All starts of one depth are
-finished as one ensemble (`finish_starts`: the train config's phases after the first, i.e. no
-Adam phase), then certified (`bnrank.measure.certificate.certificate_rows`). A finished start may
+finished as one ensemble (`finish_starts`: settling phases of heavy-ball GD at a lower momentum,
+then the train config's phases after the first, i.e. no Adam phase; `descent_config`), then certified (`bnrank.measure.certificate.certificate_rows`). A finished start may
 leave its class (its final rank differs from k): its row is kept and flagged ``left_class``.
 `best_minima` picks, per depth and rank class, the lowest-objective row that stayed in its class.
 """
@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from bnrank.config import TrainConfig
+from bnrank.config import Phase, TrainConfig
 from bnrank.errors import ConfigError, DataError, ModelError
 from bnrank.measure.certificate import certificate_rows
 from bnrank.models import HOMOGENEOUS, EnsembleMLP
@@ -39,6 +39,10 @@ from bnrank.training.recipe import middle_layer
 STARTS = ("trained", "truncated", "extended")
 REBALANCE_SWEEPS = 200
 """Sweeps of `rebalance_` on a start (coordinate descent; a few leave ~1 % imbalance)."""
+SETTLE_PHASES = 4
+SETTLE_FRACTION = 0.5
+"""A finish starts with SETTLE_PHASES settling phases of SETTLE_FRACTION of its first descent
+phase's steps in all (`descent_config`)."""
 COLUMNS = ["depth", "rank_class", "start", "source", "source_depth", "source_rank", "mid_rank", "left_class",
            "objective", "param_norm_sq", "mse", "steps", "diverged", "converged"]
 
@@ -144,14 +148,22 @@ def depth_starts(depth: int, ranks: Sequence[int], networks: Sequence[Network]) 
 
 
 def descent_config(config: TrainConfig, steps_factor: float = 1.0) -> TrainConfig:
-    """`config` without its first (Adam) phase, the remaining phases' steps times `steps_factor`
-    and the stop rule's `min_steps` shifted by the steps removed."""
+    """`config` without its first (Adam) phase, its other phases' steps times `steps_factor`,
+    preceded by SETTLE_PHASES settling phases (heavy-ball GD at lr = 1/h_max, momentum 0.9, h_max
+    re-measured at each) of SETTLE_FRACTION of the first remaining phase's steps in all; the stop
+    rule's `min_steps` shifted to the settling and first descent phase plus one window.
+
+    A truncated or extended start is far from a minimum (a depth-16 rank-1 truncation: mse 0.40
+    against 0.0024 trained); the recipe's momentum 0.9995 from there blew ‖θ‖² from 55 to 10⁵ and
+    diverged, where the settling phases first bring it to 0.065 within 400 steps."""
     if len(config.phases) < 2:
         raise ConfigError("finishing a start needs a train config with phases after the first")
     phases = [p.model_copy(update={"steps": max(1, round(p.steps * steps_factor))}) for p in config.phases[1:]]
+    settle = max(SETTLE_PHASES, round(phases[0].steps * SETTLE_FRACTION)) // SETTLE_PHASES
+    phases = [Phase(optimizer="gd", steps=settle, lr_sharpness=1.0, momentum=0.9)] * SETTLE_PHASES + phases
     stop = config.stop
     if stop is not None:
-        first = phases[0].steps if len(phases) > 1 else 0
+        first = SETTLE_PHASES * settle + (phases[SETTLE_PHASES].steps if len(phases) > SETTLE_PHASES + 1 else 0)
         stop = stop.model_copy(update={"min_steps": min(stop.min_steps, first + stop.window)})
     return config.model_copy(update={"phases": phases, "stop": stop})
 
