@@ -187,7 +187,8 @@ def test_printed_table_marks_the_checked_fit_only_where_the_slope_check_reads_th
                          "rank": [2, 2, 2, 1, 1], "diverged": False, "jac_rank": [2, 2, 2, 1, 1],
                          "r1_lower_bound": 0.0, "r1_at_rank": 0.0})
     fits = fig1.fit_rank_classes(runs)
-    summary = {"lam": 1e-3, "depths": depths.to_dict(orient="records"), "rank_classes": fig1.rank_classes(runs, fits),
+    records = [row | {"rank_by_minima": row["rank"], "minima": []} for row in depths.to_dict(orient="records")]
+    summary = {"lam": 1e-3, "depths": records, "rank_classes": fig1.rank_classes(runs, fits), "crossings": [],
                "acceptance": fig1.acceptance(depths, fits), "wall_time_s": 1.0, "n_networks": 5, "n_diverged": 0}
     summary = json.loads(json.dumps(summary))  # as summary.json reads back: the check's keys become strings
     fig1._print_tables(summary, tmp_path)
