@@ -149,7 +149,7 @@ PRESETS: dict[str, Preset] = {
                    analyze_points=8),
     # ≤ 15 min on 2 shared CPU cores (measured: results/fig1-quick-cpu/README.md).
     "quick": Preset(depths=tuple(range(4, 29, 2)), trials=2, width=40, n_train=150, g_scale=0.2, minor_scale=0.08,
-                    steps_factor=0.5, workers=2),
+                    steps_factor=0.5, workers=2, minima_steps_factor=0.1, minima_certify=False),
     # The paper's sizes: depths up to 30, 4 trials, width 100, N = 500 (a GPU or a cluster).
     "paper": Preset(depths=tuple(range(4, 31, 2)), trials=4, width=100, n_train=500, n_test=500, g_scale=0.2,
                     minor_scale=0.08, device="auto", threads=None),

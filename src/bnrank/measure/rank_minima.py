@@ -205,6 +205,13 @@ def finish_starts(starts: Sequence[Start], x: Tensor, y: Tensor, config: TrainCo
     return pd.DataFrame(rows)
 
 
+def mark_best(rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` with a column ``best``: whether the row is its (depth, rank_class)'s `best_minima` row."""
+    kept = rows[~rows["left_class"].astype(bool) & ~rows["diverged"].astype(bool)] if len(rows) else rows
+    best = set(kept.groupby(["depth", "rank_class"])["objective"].idxmin()) if len(kept) else set()
+    return rows.assign(best=[i in best for i in rows.index])
+
+
 def best_minima(rows: pd.DataFrame) -> pd.DataFrame:
     """Per (depth, rank_class): the lowest-objective row that stayed in its class and did not
     diverge, sorted by depth then rank class (a class whose every start left it has no row)."""
@@ -269,6 +276,22 @@ def problem_from_run(run) -> Problem:
                         run.model.select([int(m.member)])) for m in members.itertuples()]
     lam = float(members["lam"].iloc[0])
     return Problem(networks, {depth: run.task.x_train}, {depth: run.task.y_train}, {depth: run.config.train}, {depth: lam})
+
+
+def load_problem(path) -> Problem:
+    """`problem_from_sweep` of a sweep directory or `problem_from_run` of a run directory."""
+    from pathlib import Path
+
+    from bnrank.errors import StoreError
+    from bnrank.runs import load_run
+    from bnrank.sweep import load_sweep
+
+    path = Path(path)
+    if (path / "spec.yaml").is_file():
+        return problem_from_sweep(load_sweep(path))
+    if (path / "config.yaml").is_file():
+        return problem_from_run(load_run(path))
+    raise StoreError(f"{path} is neither a run directory nor a sweep directory")
 
 
 def depth_minima(problem: Problem, depth: int, ranks: Sequence[int], steps_factor: float = 1.0,
