@@ -146,7 +146,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # Seconds: a smoke test of the whole pipeline (tests/test_fig1.py), not a result.
     "tiny": Preset(depths=(3, 4, 5), trials=2, width=8, n_train=32, phase_steps=(300, 30, 30),
-                   analyze_points=8),
+                   analyze_points=8, minima_certify=False),
     # ≤ 15 min on 2 shared CPU cores (measured: results/fig1-quick-cpu/README.md).
     "quick": Preset(depths=tuple(range(4, 29, 2)), trials=2, width=40, n_train=150, g_scale=0.2, minor_scale=0.08,
                     steps_factor=0.5, workers=2, minima_steps_factor=0.1, minima_certify=False),
