@@ -134,3 +134,13 @@ def test_best_minima_keeps_the_lowest_objective_row_that_stayed_in_its_class():
     })
     best = rm.best_minima(rows)
     assert best[["depth", "rank_class", "objective"]].values.tolist() == [[4, 1, 0.3], [4, 2, 0.2], [6, 2, 0.4]]
+
+
+def test_docs_columns_list_exactly_the_minima_columns():
+    from bnrank.measure.certificate import Certificate
+    from test_docs import documented_columns
+
+    certs = {f"cert_{name}" for name in Certificate.__dataclass_fields__}
+    assert documented_columns()["minima"] == set(rm.COLUMNS) | {"best"}
+    text = open("docs/columns.md").read()
+    assert all(name[len("cert_"):] in text for name in certs)
