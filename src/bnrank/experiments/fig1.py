@@ -14,9 +14,15 @@ rerunning the command resumes it (finished cells are kept). Then writes into `ou
     runs.parquet     one row per network: the sweep's runs table plus `rank` (its rank class),
                      `fitted` (train cost < cost_max), analyze's `jac_rank`, `r1_lower_bound`,
                      and `r1_at_rank` (see RANK_RULE)
+    rank_minima.parquet  per-rank minima (MINIMA_RULE): one row per start point finished at each
+                     depth (`bnrank.measure.rank_minima`, columns in docs/columns.md "minima");
+                     fig1a draws one curve per rank class through its best minima (solid where
+                     that class has the lowest objective at both ends of a segment, dashed elsewhere)
+    minima/          one Parquet file per depth of finished starts, written when the depth is
+                     done; a rerun reads them back (resumes)
     summary.json     see `run`
 
-and prints the per-depth and per-rank-class tables.
+and prints the per-depth, per-rank-class and per-rank-minima tables.
 
 Conventions (ours; the paper does not spell them out):
 
@@ -430,7 +436,12 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
     Returns the summary written to ``summary.json``:
         preset, lam, threshold, cost_max, mse_reduction, loss_rule, rank_rule, fit_rule,
         slope_rule, minor_scale (TASK_RULE);
-        depths: per depth {depth, rank, mse, fitted, ranks} (`depth_table`);
+        minima_rule (MINIMA_RULE);
+        depths: per depth {depth, rank, mse, fitted, ranks} (`depth_table`), rank_by_minima and
+        minima: per rank class {rank, start, source, objective, param_norm_sq, mse, verdict}
+        (`minima_by_depth`; verdict null without certificates);
+        minima_classes: per rank class of the minima {rank, n_depths, slope, checked_fit,
+        checked_slope} (`fit_rank_classes` of the minima); crossings: `crossings`;
         rank_classes: per rank class {rank, depths, n_networks, slope, slope_stderr, intercept,
         intercept_stderr (the affine fit), expansion_slope, expansion_slope_stderr,
         expansion_intercept, r2_coef, r2_coef_stderr (with R⁽²⁾/L), checked_fit, checked_slope
@@ -440,7 +451,8 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
         `rank` singular values (`r1_at_rank`); r1_lower_bound_jac = the largest of analyze's
         network.r1_lower_bound (|·|₊ over the numerically nonzero singular values, jac_rank of
         them) among the class's networks whose jac_rank equals the class rank (null if none);
-        acceptance: see `acceptance`;
+        acceptance: see `acceptance`, of the ranks by minima (`minima_depth_table`) and the
+        minima's fits; acceptance_by_networks: the same of the networks as trained (RANK_RULE);
         n_networks, n_diverged, fig1b_trials (cell ids), sweep (directory), wall_time_s.
     """
     if workers is not None:
