@@ -6,10 +6,12 @@ import pytest
 
 from bnrank.errors import ConfigError
 from bnrank.experiments import fig1, get_experiment
+from bnrank.measure.rank_minima import best_minima
 from bnrank.measure.theory import fit_depth_expansion
 
 SUMMARY_KEYS = {"preset", "lam", "threshold", "cost_max", "rank_rule", "fit_rule", "minor_scale", "depths", "rank_classes",
-                "acceptance", "n_networks", "n_diverged", "fig1b_trials", "sweep", "wall_time_s"}
+                "acceptance", "n_networks", "n_diverged", "fig1b_trials", "sweep", "wall_time_s", "minima_rule",
+                "minima_classes", "crossings", "acceptance_by_networks"}
 CLASS_KEYS = {"rank", "depths", "n_networks", "slope", "slope_stderr", "intercept", "intercept_stderr",
               "expansion_slope", "expansion_slope_stderr", "expansion_intercept", "r2_coef", "r2_coef_stderr",
               "checked_fit", "checked_slope",
@@ -45,10 +47,29 @@ def test_tiny_preset_writes_figures_tables_and_summary(tiny):
     assert set(summary["fig1b_trials"]) <= set(runs["cell_id"])
 
 
-def test_rerun_resumes_the_sweep(tiny):
+def test_per_rank_minima_are_written_and_the_checks_read_ranks_by_minima(tiny):
     out, summary = tiny
+    rows = pd.read_parquet(out / "rank_minima.parquet")
+    classes = fig1.minima_classes(pd.DataFrame(summary["depths"]))
+    assert sorted(set(rows["depth"])) == sorted(classes)
+    for d, group in rows.groupby("depth"):
+        assert set(group["rank_class"]) <= set(classes[d])
+        assert (out / "minima" / f"depth_{d:03d}.parquet").is_file()
+    best = best_minima(rows)
+    for row in summary["depths"]:
+        mine = best[best["depth"] == row["depth"]]
+        assert [m["rank"] for m in row["minima"]] == mine["rank_class"].tolist()
+        assert row["rank_by_minima"] == (mine.loc[mine["objective"].idxmin(), "rank_class"] if len(mine) else -1)
+    monotone = next(c for c in summary["acceptance"]["criteria"] if c["name"] == "rank_falls_with_depth")
+    assert monotone["value"] == [r["rank_by_minima"] for r in summary["depths"] if r["rank_by_minima"] >= 0]
+
+
+def test_rerun_resumes_the_sweep_and_the_minima(tiny):
+    out, summary = tiny
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "minima").glob("depth_*.parquet")}
     again = fig1.run("tiny", out, progress=False)
-    assert again["rank_classes"] == summary["rank_classes"]
+    assert again["rank_classes"] == summary["rank_classes"] and again["depths"] == summary["depths"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "minima").glob("depth_*.parquet")} == stamps
     assert again["wall_time_s"] < summary["wall_time_s"]  # nothing retrained
 
 
@@ -187,7 +208,8 @@ def test_printed_table_marks_the_checked_fit_only_where_the_slope_check_reads_th
                          "rank": [2, 2, 2, 1, 1], "diverged": False, "jac_rank": [2, 2, 2, 1, 1],
                          "r1_lower_bound": 0.0, "r1_at_rank": 0.0})
     fits = fig1.fit_rank_classes(runs)
-    summary = {"lam": 1e-3, "depths": depths.to_dict(orient="records"), "rank_classes": fig1.rank_classes(runs, fits),
+    records = [row | {"rank_by_minima": row["rank"], "minima": []} for row in depths.to_dict(orient="records")]
+    summary = {"lam": 1e-3, "depths": records, "rank_classes": fig1.rank_classes(runs, fits), "crossings": [],
                "acceptance": fig1.acceptance(depths, fits), "wall_time_s": 1.0, "n_networks": 5, "n_diverged": 0}
     summary = json.loads(json.dumps(summary))  # as summary.json reads back: the check's keys become strings
     fig1._print_tables(summary, tmp_path)
@@ -195,3 +217,34 @@ def test_printed_table_marks_the_checked_fit_only_where_the_slope_check_reads_th
     rows = {words[0]: " ".join(words) for words in lines if words and words[0] in ("1", "2") and "±" in " ".join(words)}
     assert "2.00±0.00*" in rows["2"]  # three depths: the slope check reads its affine fit
     assert "*" not in rows["1"]  # two depths: not checked, so not marked
+
+
+def test_minima_classes_are_the_seen_ranks_and_rank_1_adjacent_to_each_depths_rank():
+    depths = pd.DataFrame({"depth": [4, 6, 8, 10], "rank": [5, 3, 2, -1]})
+    assert fig1.minima_classes(depths) == {4: [5], 6: [2, 3], 8: [1, 2, 3]}
+
+
+def _best(rows):
+    """Per-rank minima from (depth, rank_class, mse, param_norm_sq) with λ = 1e-3."""
+    df = pd.DataFrame(rows, columns=["depth", "rank_class", "mse", "param_norm_sq"])
+    return df.assign(objective=df["mse"] + 1e-3 * df["param_norm_sq"])
+
+
+def test_crossing_predicted_from_mse_and_intercepts_and_observed_from_the_minima():
+    # rank 2: ‖θ‖² = 2L + 10, mse 0.002; rank 1: ‖θ‖² = L + 12, mse 0.02 → L* = 18 + 12 − 10 = 20
+    rows = [(d, 2, 0.002, 2 * d + 10) for d in (8, 12, 16, 22, 24)] + [(d, 1, 0.02, d + 12) for d in (12, 16, 22, 24)]
+    (c,) = fig1.crossings(_best(rows), 1e-3)
+    assert c["ranks"] == [1, 2] and c["depths"] == [12, 16, 22, 24]
+    assert c["r1"] == pytest.approx([12, 10]) and c["mse"] == pytest.approx([0.02, 0.002])
+    assert c["predicted"] == pytest.approx(20.0)
+    assert c["observed"] == [16, 22]  # rank 2 lower up to 16, rank 1 from 22
+    never = fig1.crossings(_best([r for r in rows if r[1] == 2] + [(d, 1, 0.2, d + 12) for d in (12, 16)]), 1e-3)
+    assert never[0]["observed"] is None
+
+
+def test_minima_depth_table_reads_the_lowest_objective_class():
+    best = _best([(8, 2, 0.002, 26.0), (8, 3, 0.001, 30.0), (10, 2, 0.003, 30.0)])
+    depths = pd.DataFrame({"depth": [8, 10, 12], "rank": [3, 2, 2], "ranks": [[3, 3], [2, 2], [2, 2]]})
+    table = fig1.minima_depth_table(best, depths)
+    assert table["rank"].tolist() == [2, 2, -1]  # 0.028 < 0.031 at depth 8; no minimum at 12
+    assert table["fitted"].tolist() == [True, True, False]

@@ -10,6 +10,7 @@ Public API:
     analyze(model, X)            every quantity of the theory: layers / points / network DataFrames
                                  (model: an EnsembleMLP, any nn.Module with Linear layers, a file)
     linear_cost, linear_expansion, fit_depth_expansion   closed forms and the depth fit
+    rank_minima(load_problem(path), ranks)   per-rank minima of a run or sweep directory (one row per start)
     run_sweep(spec, out)         a grid × seeds sweep, batched into ensembles, resumable
     load_sweep(path)             a sweep directory's tables (runs, metrics, layers, points, network)
 """
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 from bnrank.config import RunConfig, load_run_config
 from bnrank.errors import BnrankError, ConfigError, DataError, ModelError, StoreError
 from bnrank.measure import Analysis, analyze, fit_depth_expansion, linear_cost, linear_expansion
+from bnrank.measure.rank_minima import best_minima, load_problem, rank_minima
 from bnrank.models import EnsembleMLP
 from bnrank.runs import Run, load_run, train
 from bnrank.sweep import SweepResult, load_sweep, run_sweep
@@ -29,5 +31,5 @@ __all__ = [
     "__version__", "RunConfig", "load_run_config", "BnrankError", "ConfigError", "DataError",
     "ModelError", "StoreError", "Analysis", "analyze", "fit_depth_expansion", "linear_cost",
     "linear_expansion", "EnsembleMLP", "Run", "load_run", "train", "TaskData",
-    "make_task", "fit", "run_sweep", "load_sweep", "SweepResult",
+    "make_task", "fit", "run_sweep", "load_sweep", "SweepResult", "rank_minima", "load_problem", "best_minima",
 ]

@@ -374,6 +374,53 @@ def analyze(
     console.print(f"wrote layers/points/network.parquet and weight_spectra.png/.svg to {out}", highlight=False)
 
 
+@app.command()
+def minima(
+    path: Annotated[Path, typer.Argument(help="Run directory or sweep directory of trained ReLU MLPs (one task, one λ).")],
+    ranks: Annotated[str, typer.Option(help="Rank classes to seek minima in: --ranks 1 2 3 (or 1,2,3).")],
+    more_ranks: Annotated[Optional[list[str]], typer.Argument(hidden=True)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory for minima.parquet (default PATH/minima).")] = None,
+    steps_factor: Annotated[float, typer.Option(min=0.001, help="Multiplies the descent phases of the train config for the finishes.")] = 1.0,
+    certify: Annotated[bool, typer.Option(help="Certify every finished start (Lanczos on the Hessian; slow for deep nets).")] = True,
+) -> None:
+    """Per-rank minima: the best minimum found in each rank class at each depth.
+
+    Start points per rank class from the trained networks (as trained, middle weight truncated
+    to rank k, or a shallower network extended by identity layers), finished by the descent
+    phases of the train config, as one ensemble per depth (bnrank.measure.rank_minima). Writes
+    minima.parquet (one row per start, `best` marks each class's minimum) and prints the minima.
+    """
+    from bnrank.atomic import check_writable, write_parquet
+    from bnrank.measure.rank_minima import load_problem, mark_best, rank_minima
+
+    words = [ranks] + (more_ranks or [])
+    try:
+        classes = sorted({int(w) for word in words for w in word.replace(",", " ").split()})
+    except ValueError:
+        _fail(f"--ranks takes integers, got {' '.join(words)!r}")
+    out = out or path / "minima"
+    try:
+        problem = load_problem(path)
+        check_writable(out / "minima.parquet")
+        rows = mark_best(rank_minima(problem, classes, steps_factor, certify))
+        write_parquet(out / "minima.parquet", rows)
+    except BnrankError as err:
+        _fail(str(err))
+    table = Table(title=f"per-rank minima of {path}: the best finished start of each rank class (* = lowest at its depth)")
+    for name in ("L", "rank class", "start", "source", "objective", "‖θ‖²", "mse", "verdict"):
+        table.add_column(name, justify="right")
+    best = rows[rows["best"]]
+    lowest = set(best.groupby("depth")["objective"].idxmin()) if len(best) else set()
+    for i, r in best.iterrows():
+        verdict = r["cert_verdict"] if "cert_verdict" in best and r["cert_verdict"] else "–"
+        table.add_row(str(r["depth"]), str(r["rank_class"]), r["start"], str(r["source"]),
+                      f"{r['objective']:.5g}{'*' if i in lowest else ''}", f"{r['param_norm_sq']:.4g}", f"{r['mse']:.3g}", verdict)
+    console.print(table)
+    left = int(rows["left_class"].sum())
+    console.print(f"{len(rows)} starts, {left} left their class, {int(rows['diverged'].sum())} diverged; wrote {out / 'minima.parquet'}",
+                  highlight=False)
+
+
 def main() -> None:
     try:
         app()

@@ -14,9 +14,15 @@ rerunning the command resumes it (finished cells are kept). Then writes into `ou
     runs.parquet     one row per network: the sweep's runs table plus `rank` (its rank class),
                      `fitted` (train cost < cost_max), analyze's `jac_rank`, `r1_lower_bound`,
                      and `r1_at_rank` (see RANK_RULE)
+    rank_minima.parquet  per-rank minima (MINIMA_RULE): one row per start point finished at each
+                     depth (`bnrank.measure.rank_minima`, columns in docs/columns.md "minima");
+                     fig1a draws one curve per rank class through its best minima (solid where
+                     that class has the lowest objective at both ends of a segment, dashed elsewhere)
+    minima/          one Parquet file per depth of finished starts, written when the depth is
+                     done; a rerun reads them back (resumes)
     summary.json     see `run`
 
-and prints the per-depth and per-rank-class tables.
+and prints the per-depth, per-rank-class and per-rank-minima tables.
 
 Conventions (ours; the paper does not spell them out):
 
@@ -60,6 +66,7 @@ Conventions (ours; the paper does not spell them out):
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,12 +78,16 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from bnrank.atomic import write_json, write_parquet
+from bnrank.errors import StoreError
 from bnrank.experiments import resolve_preset
 from bnrank.experiments.output import print_checks, write_outputs
+from bnrank.measure.rank_minima import best_minima, depth_minima, problem_from_sweep
 from bnrank.measure.theory import fit_depth_expansion
 from bnrank.plots.fig1 import plot_norm_vs_depth, plot_trial_spectra, rank_colors
 from bnrank.pipeline import RANK_THRESHOLD
-from bnrank.sweep import SweepResult, run_sweep
+from bnrank.sweep import SweepResult, load_sweep, run_sweep
+from bnrank.sweep.executors import _context
 from bnrank.training.recipe import default_init_scale, default_phase_steps, default_train_config
 
 TRUE_RANK = 2
@@ -89,6 +100,11 @@ FIT_RULE = "least squares of ‖θ‖² on depth over the non-diverged networks 
 SLOPE_RULE = (
     "a rank class's checked slope is that of the least-squares fit ‖θ‖² ≈ slope·L + R1 + R2/L (docs/theory.md §4) "
     "where its R2 is significant (|R2| > 2 standard errors), else that of the affine fit slope·L + intercept"
+)
+MINIMA_RULE = (
+    "per depth, the rank classes {r-1, r, r+1} among the seen ranks and rank 1, r = the depth's rank (RANK_RULE); "
+    "a class's minimum = the lowest-objective finished start that stayed in it (bnrank.measure.rank_minima); "
+    "a depth's rank by minima = the class of its lowest minimum; the acceptance checks read ranks by minima"
 )
 
 
@@ -105,7 +121,8 @@ class Preset:
     a GPU when there is one); workers × threads: sweep processes and torch threads each; analyze_points: training inputs `bnrank.analyze` measures (Jacobians).
     Acceptance: cost_max (train cost of a fitted network), min_range (consecutive depths of
     rank TRUE_RANK), slope_tol (relative slope error allowed in a rank class with ≥ min_range
-    depths).
+    depths). Per-rank minima (MINIMA_RULE): minima_steps_factor multiplies the descent phases of
+    each depth's train config for the finishes; minima_certify certifies every finish.
     """
 
     depths: tuple[int, ...]
@@ -128,15 +145,17 @@ class Preset:
     cost_max: float = 0.1
     min_range: int = 3
     slope_tol: float = 0.15
+    minima_steps_factor: float = 1.0
+    minima_certify: bool = True
 
 
 PRESETS: dict[str, Preset] = {
     # Seconds: a smoke test of the whole pipeline (tests/test_fig1.py), not a result.
     "tiny": Preset(depths=(3, 4, 5), trials=2, width=8, n_train=32, phase_steps=(300, 30, 30),
-                   analyze_points=8),
+                   analyze_points=8, minima_certify=False),
     # ≤ 15 min on 2 shared CPU cores (measured: results/fig1-quick-cpu/README.md).
     "quick": Preset(depths=tuple(range(4, 29, 2)), trials=2, width=40, n_train=150, g_scale=0.2, minor_scale=0.08,
-                    steps_factor=0.5, workers=2),
+                    steps_factor=0.5, workers=2, minima_steps_factor=0.1, minima_certify=False),
     # The paper's sizes: depths up to 30, 4 trials, width 100, N = 500 (a GPU or a cluster).
     "paper": Preset(depths=tuple(range(4, 31, 2)), trials=4, width=100, n_train=500, n_test=500, g_scale=0.2,
                     minor_scale=0.08, device="auto", threads=None),
@@ -229,6 +248,7 @@ def fit_rank_classes(runs: pd.DataFrame) -> pd.DataFrame:
     expansion.columns = ["rank", "expansion_slope", "expansion_slope_stderr", "expansion_intercept", "r2_coef",
                          "r2_coef_stderr"]
     fits = fit_depth_expansion(live).merge(expansion, on="rank")
+    fits = fits.astype({c: float for c in fits.columns if c != "rank" and not c.startswith("n_")})  # typed when empty
     curved = (fits["r2_coef"].abs() > 2 * fits["r2_coef_stderr"]).to_numpy()
     fits["checked_fit"] = np.where(curved, "expansion", np.where(np.isfinite(fits["slope"]), "affine", "none"))
     fits["checked_slope"] = np.where(curved, fits["expansion_slope"], fits["slope"])
@@ -291,6 +311,100 @@ def acceptance(depths: pd.DataFrame, fits: pd.DataFrame, target_rank: int = TRUE
     return {"criteria": criteria, "passed": all(c["held"] for c in criteria)}
 
 
+def minima_classes(depths: pd.DataFrame) -> dict[int, list[int]]:
+    """Per depth with a live network, the rank classes its minima are sought in (MINIMA_RULE)."""
+    live = depths[depths["rank"] >= 0]
+    seen = set(live["rank"].astype(int)) | {TRUE_RANK - 1}
+    return {int(d): sorted({int(r) - 1, int(r), int(r) + 1} & seen) for d, r in zip(live["depth"], live["rank"])}
+
+
+def _depth_minima_job(sweep: str, depth: int, ranks: list[int], steps_factor: float, certify: bool) -> pd.DataFrame:
+    """One depth's finished starts, in a worker process (one torch thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return depth_minima(problem_from_sweep(load_sweep(sweep)), depth, ranks, steps_factor, certify)
+
+
+def rank_minima_rows(result: SweepResult, depths: pd.DataFrame, directory: Path, steps_factor: float = 1.0,
+                     certify: bool = True, workers: int = 1) -> pd.DataFrame:
+    """The finished starts of every depth (`bnrank.measure.rank_minima`, classes by `minima_classes`),
+    one Parquet file per depth under `directory` (written atomically when it is done, read back
+    on a rerun, so an interrupted run resumes); `workers` processes compute the missing depths,
+    deepest first. A directory holding minima of other settings raises StoreError."""
+    classes = minima_classes(depths)
+    settings = {"steps_factor": steps_factor, "certify": certify, "classes": {str(d): r for d, r in classes.items()}}
+    stored = directory / "settings.json"
+    if stored.is_file() and json.loads(stored.read_text()) != settings:
+        raise StoreError(f"{directory} holds per-rank minima of other settings (steps factor, certificate or rank "
+                         "classes); use another --out or remove it")
+    write_json(stored, settings)
+    paths = {d: directory / f"depth_{d:03d}.parquet" for d in classes}
+    todo = sorted((d for d in classes if not paths[d].is_file()), reverse=True)
+    if todo and workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=_context()) as pool:
+            jobs = {pool.submit(_depth_minima_job, str(result.path), d, classes[d], steps_factor, certify): d for d in todo}
+            for job, d in jobs.items():
+                write_parquet(paths[d], job.result())
+    elif todo:
+        problem = problem_from_sweep(result)
+        for d in todo:
+            write_parquet(paths[d], depth_minima(problem, d, classes[d], steps_factor, certify))
+    frames = [pd.read_parquet(paths[d]) for d in sorted(classes)]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def minima_depth_table(best: pd.DataFrame, depths: pd.DataFrame, cost_max: float = 0.1) -> pd.DataFrame:
+    """`depth_table`'s columns with rank, mse and fitted read from the per-rank minima: a depth's
+    rank is the class of its lowest-objective minimum (-1 and NaN where it has none)."""
+    rows = []
+    for d in depths.itertuples():
+        mine = best[best["depth"] == d.depth]
+        top = mine.loc[mine["objective"].idxmin()] if not mine.empty else None
+        rows.append({"depth": int(d.depth), "rank": int(top["rank_class"]) if top is not None else -1,
+                     "mse": float(top["mse"]) if top is not None else float("nan"),
+                     "fitted": bool(top is not None and top["mse"] < cost_max), "ranks": d.ranks})
+    return pd.DataFrame(rows, columns=["depth", "rank", "mse", "fitted", "ranks"])
+
+
+def crossings(best: pd.DataFrame, lam: float) -> list[dict]:
+    """For each pair of rank classes (k, k+1) with minima at two or more common depths: the
+    crossing depth predicted by TASK_RULE, L* = (MSE_k − MSE_{k+1})/λ + R⁽¹⁾_k − R⁽¹⁾_{k+1}
+    (MSE: the mean of each class's minima over the common depths; R⁽¹⁾_k: the mean of ‖θ‖² − k·L,
+    the intercept of the class's minima with slope k), against the observed one: the pair of
+    consecutive common depths between which the lower-objective class changes from k+1 to k
+    (None if it never does)."""
+    out = []
+    for k in sorted(best["rank_class"].unique()):
+        a = best[best["rank_class"] == k].set_index("depth")
+        b = best[best["rank_class"] == k + 1].set_index("depth")
+        common = sorted(set(a.index) & set(b.index))
+        if len(common) < 2:
+            continue
+        a, b = a.loc[common], b.loc[common]
+        d = np.asarray(common, dtype=float)
+        r1_a = float((a["param_norm_sq"] - k * d).mean())
+        r1_b = float((b["param_norm_sq"] - (k + 1) * d).mean())
+        mse_a, mse_b = float(a["mse"].mean()), float(b["mse"].mean())
+        lower = (a["objective"] < b["objective"]).to_numpy()
+        observed = next(([common[i], common[i + 1]] for i in range(len(common) - 1) if not lower[i] and lower[i + 1]), None)
+        out.append({"ranks": [int(k), int(k) + 1], "depths": [int(x) for x in common], "mse": [mse_a, mse_b],
+                    "r1": [r1_a, r1_b], "predicted": (mse_a - mse_b) / lam + r1_a - r1_b, "observed": observed})
+    return out
+
+
+def minima_by_depth(best: pd.DataFrame) -> dict[int, list[dict]]:
+    """Per depth: each class's minimum {rank, start, source, objective, param_norm_sq, mse, verdict}."""
+    verdict = best["cert_verdict"] if "cert_verdict" in best else pd.Series([None] * len(best), index=best.index)
+    return {int(d): [{"rank": int(r.rank_class), "start": r.start, "source": r.source, "objective": float(r.objective),
+                      "param_norm_sq": float(r.param_norm_sq), "mse": float(r.mse), "verdict": verdict[i]}
+                     for i, r in group.iterrows()]
+            for d, group in best.groupby("depth")}
+
+
 def representative_trials(runs: pd.DataFrame, n: int = 4) -> pd.DataFrame:
     """`n` networks for panel (b): per rank class (most populous first) the lowest-objective
     network at its class's median depth; the remaining slots go to further depths (spread over
@@ -322,7 +436,12 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
     Returns the summary written to ``summary.json``:
         preset, lam, threshold, cost_max, mse_reduction, loss_rule, rank_rule, fit_rule,
         slope_rule, minor_scale (TASK_RULE);
-        depths: per depth {depth, rank, mse, fitted, ranks} (`depth_table`);
+        minima_rule (MINIMA_RULE);
+        depths: per depth {depth, rank, mse, fitted, ranks} (`depth_table`), rank_by_minima and
+        minima: per rank class {rank, start, source, objective, param_norm_sq, mse, verdict}
+        (`minima_by_depth`; verdict null without certificates);
+        minima_classes: per rank class of the minima {rank, n_depths, slope, checked_fit,
+        checked_slope} (`fit_rank_classes` of the minima); crossings: `crossings`;
         rank_classes: per rank class {rank, depths, n_networks, slope, slope_stderr, intercept,
         intercept_stderr (the affine fit), expansion_slope, expansion_slope_stderr,
         expansion_intercept, r2_coef, r2_coef_stderr (with R⁽²⁾/L), checked_fit, checked_slope
@@ -332,7 +451,8 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
         `rank` singular values (`r1_at_rank`); r1_lower_bound_jac = the largest of analyze's
         network.r1_lower_bound (|·|₊ over the numerically nonzero singular values, jac_rank of
         them) among the class's networks whose jac_rank equals the class rank (null if none);
-        acceptance: see `acceptance`;
+        acceptance: see `acceptance`, of the ranks by minima (`minima_depth_table`) and the
+        minima's fits; acceptance_by_networks: the same of the networks as trained (RANK_RULE);
         n_networks, n_diverged, fig1b_trials (cell ids), sweep (directory), wall_time_s.
     """
     if workers is not None:
@@ -346,6 +466,14 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
     depths = depth_table(runs, spec.cost_max)
     fits = fit_rank_classes(runs)
     trials = representative_trials(runs)
+    minima = rank_minima_rows(result, depths, out / "minima", spec.minima_steps_factor, spec.minima_certify,
+                              spec.workers)
+    best = best_minima(minima)
+    by_minima = minima_depth_table(best, depths, spec.cost_max)
+    minima_fits = fit_rank_classes(best.assign(rank=best["rank_class"]))
+    per_depth = minima_by_depth(best)
+    depth_records = [row | {"rank_by_minima": int(m["rank"]), "minima": per_depth.get(row["depth"], [])}
+                     for row, m in zip(depths.to_dict(orient="records"), by_minima.to_dict(orient="records"))]
     summary = {
         "preset": preset,
         "lam": spec.lam,
@@ -356,10 +484,16 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
         "rank_rule": RANK_RULE,
         "fit_rule": FIT_RULE,
         "slope_rule": SLOPE_RULE,
+        "minima_rule": MINIMA_RULE,
         "minor_scale": spec.minor_scale,
-        "depths": depths.to_dict(orient="records"),
+        "depths": depth_records,
         "rank_classes": rank_classes(runs, fits),
-        "acceptance": acceptance(depths, fits, TRUE_RANK, spec.min_range, spec.slope_tol, spec.cost_max),
+        "minima_classes": [{"rank": int(f["rank"]), "n_depths": int(f["n_depths"]), "slope": _num(f["slope"]),
+                            "checked_fit": f["checked_fit"], "checked_slope": _num(f["checked_slope"])}
+                           for f in minima_fits.to_dict(orient="records")],
+        "crossings": crossings(best, spec.lam),
+        "acceptance": acceptance(by_minima, minima_fits, TRUE_RANK, spec.min_range, spec.slope_tol, spec.cost_max),
+        "acceptance_by_networks": acceptance(depths, fits, TRUE_RANK, spec.min_range, spec.slope_tol, spec.cost_max),
         "n_networks": len(runs),
         "n_diverged": int(runs["diverged"].astype(bool).sum()),
         "fig1b_trials": trials["cell_id"].tolist(),
@@ -367,11 +501,11 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
         "wall_time_s": time.perf_counter() - start,
     }
     live = runs[~runs["diverged"].astype(bool)]
-    colors = rank_colors(runs["rank"])
-    figures = {"fig1a": plot_norm_vs_depth(live, fits, spec.cost_max, colors)}
+    colors = rank_colors(list(runs["rank"]) + list(best["rank_class"]))
+    figures = {"fig1a": plot_norm_vs_depth(live, fits, spec.cost_max, colors, best if not best.empty else None)}
     if not trials.empty:  # every network diverged: no spectra to show
         figures["fig1b"] = plot_trial_spectra(result.layers, trials, RANK_THRESHOLD, colors)
-    write_outputs(out, summary, figures, {"runs": runs})
+    write_outputs(out, summary, figures, {"runs": runs, "rank_minima": minima})
     _print_tables(summary, out)
     return summary
 
@@ -432,5 +566,19 @@ def _print_tables(summary: dict, out: Path) -> None:
         classes.add_row(str(c["rank"]), " ".join(map(str, c["depths"])), str(c["n_networks"]), slope, expansion, r2,
                         _fmt(c["r1_lower_bound"], ".3g"))
     console.print(classes)
+    minima = Table(title="Per-rank minima (MINIMA_RULE): objective of each rank class's best minimum, "
+                         "* = lowest; ‖θ‖² and verdict of the certificate", box=box.SIMPLE_HEAD)
+    for name in ("L", "rank by minima", "class: objective (‖θ‖², verdict)"):
+        minima.add_column(name, justify="right")
+    for row in summary["depths"]:
+        cells = [f"{m['rank']}: {m['objective']:.4g}{'*' if m['rank'] == row['rank_by_minima'] else ''} "
+                 f"({m['param_norm_sq']:.3g}, {m['verdict'] or '–'})" for m in row["minima"]]
+        minima.add_row(str(row["depth"]), str(row["rank_by_minima"]), "; ".join(cells))
+    console.print(minima)
+    for c in summary["crossings"]:
+        seen = "never" if c["observed"] is None else f"between L = {c['observed'][0]} and {c['observed'][1]}"
+        console.print(f"rank {c['ranks'][1]} → {c['ranks'][0]}: crossing predicted at L ≈ {c['predicted']:.1f} "
+                      f"(ΔMSE/λ = {(c['mse'][0] - c['mse'][1]) / summary['lam']:.1f}, R⁽¹⁾ {c['r1'][0]:.2f} vs "
+                      f"{c['r1'][1]:.2f}), observed {seen}", highlight=False)
     print_checks(console, [(f"{c['statement']}: {c['value']}", c["held"]) for c in summary["acceptance"]["criteria"]])
     console.print(f"time {summary['wall_time_s']:.0f} s, {summary['n_networks']} networks ({summary['n_diverged']} diverged)")

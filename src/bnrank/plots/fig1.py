@@ -27,7 +27,8 @@ def rank_colors(ranks) -> dict[int, tuple]:
     return {k: cmap(i % cmap.N) for i, k in enumerate(ranks)}
 
 
-def plot_norm_vs_depth(runs: pd.DataFrame, fits: pd.DataFrame, cost_max: float = 0.1, colors: dict | None = None) -> Figure:
+def plot_norm_vs_depth(runs: pd.DataFrame, fits: pd.DataFrame, cost_max: float = 0.1, colors: dict | None = None,
+                       minima: pd.DataFrame | None = None) -> Figure:
     """Panel (a): ‖θ‖² at the end of training against depth, one point per network.
 
     runs: one row per network with columns depth, param_norm_sq, rank (its rank class) and mse
@@ -36,7 +37,9 @@ def plot_norm_vs_depth(runs: pd.DataFrame, fits: pd.DataFrame, cost_max: float =
     the line slope·L + intercept over the depths of its networks; where `fits` also has
     expansion_slope, expansion_intercept and r2_coef (`bnrank.experiments.fig1.fit_rank_classes`)
     the curve k·L + R⁽¹⁾ + R⁽²⁾/L is drawn dashed beside it. colors: rank → color (default
-    `rank_colors` of the runs' ranks).
+    `rank_colors` of the runs' ranks). minima: per-rank minima (`bnrank.measure.rank_minima.best_minima`:
+    depth, rank_class, objective, param_norm_sq): each class's curve through its minima replaces
+    the fit lines, solid between depths where the class has the lowest objective, dashed elsewhere.
     """
     missing = {"depth", "param_norm_sq", "rank", "mse"} - set(runs.columns)
     if missing:
@@ -51,7 +54,9 @@ def plot_norm_vs_depth(runs: pd.DataFrame, fits: pd.DataFrame, cost_max: float =
             ax.scatter(pts["depth"], pts["param_norm_sq"], marker=marker, s=size, color=colors[int(rank)], linewidths=1.2)
     shown = sorted(int(k) for k in runs["rank"].unique())
     handles = [Line2D([], [], color=colors[k], marker="o", linestyle="", label=f"rank {k}") for k in shown]
-    for fit in fits.itertuples():
+    if minima is not None:
+        handles = _minima_curves(ax, minima, colors, handles, shown)
+    for fit in fits.itertuples() if minima is None else ():
         if not np.isfinite(fit.slope) or int(fit.rank) not in shown:
             continue
         depths = runs.loc[runs["rank"] == fit.rank, "depth"]
@@ -74,6 +79,25 @@ def plot_norm_vs_depth(runs: pd.DataFrame, fits: pd.DataFrame, cost_max: float =
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Parameter norm against depth, colored by the rank of $W_{L/2}$")
     return fig
+
+
+def _minima_curves(ax, minima: pd.DataFrame, colors: dict, handles: list, shown: list[int]) -> list:
+    """Draw one curve per rank class through its minima (solid where lowest at both ends of a
+    segment, dashed elsewhere); returns the legend handles with one per class."""
+    lowest = minima.loc[minima.groupby("depth")["objective"].idxmin()].set_index("depth")["rank_class"]
+    for k, group in minima.sort_values("depth").groupby("rank_class"):
+        k = int(k)
+        color = colors.get(k, "0.5")
+        d, v = group["depth"].to_numpy(), group["param_norm_sq"].to_numpy()
+        ax.scatter(d, v, marker="D", s=18, facecolors="none", edgecolors=[color])
+        for i in range(len(d) - 1):
+            solid = lowest.get(d[i]) == k and lowest.get(d[i + 1]) == k
+            ax.plot(d[i:i + 2], v[i:i + 2], "-" if solid else "--", color=color, linewidth=1.2)
+        if k not in shown:
+            handles.append(Line2D([], [], color=color, marker="D", linestyle="", label=f"rank {k}"))
+    handles.append(Line2D([], [], color="0.3", marker="D", markerfacecolor="none", linestyle="-",
+                          label="best minimum per rank class (solid: lowest objective)"))
+    return handles
 
 
 def plot_trial_spectra(layers: pd.DataFrame, trials: pd.DataFrame, threshold: float | None = 0.1,
