@@ -143,8 +143,9 @@ def certify_function(
     theta = theta.detach().to(torch.float64).clone().requires_grad_(True)
     nan = float("nan")
     n_kinks = kinks.kinks if kinks is not None else 0
-    counts = {"kinks": n_kinks, "sharp_kinks": kinks.sharp if kinks else 0, "concave_kinks": kinks.concave if kinks else 0,
-              "collapsed": kinks.collapsed if kinks else 0, "escape_ratio": kinks.escape_ratio if kinks else nan}
+    found = kinks is not None
+    counts = {"kinks": n_kinks, "sharp_kinks": kinks.sharp if found else 0, "concave_kinks": kinks.concave if found else 0,
+              "collapsed": kinks.collapsed if found else 0, "escape_ratio": kinks.escape_ratio if found else nan}
 
     def verdict(v: str, reason: str, **kw) -> Certificate:
         vals = {"objective": nan, "rel_grad": nan, "rel_subgrad": nan, "grad_norm": nan, "hessian_min": nan,
@@ -257,14 +258,6 @@ def certify(
                            reason=f"{count} pre-activations on a ReLU kink (the kink analysis covers ReLU MLPs)")
         out.append(cert)
     return out
-
-
-def kink_counts(model, x: Tensor) -> list[int]:
-    """Per member: # kinks (bnrank.measure.kinks.kink_masks)."""
-    total = torch.zeros(model.members, dtype=torch.long)
-    for mask in kink_masks(model, x)[0]:
-        total += mask.flatten(1).sum(1).cpu()
-    return total.tolist()
 
 
 def certificate_rows(model, x: Tensor, y: Tensor, lam: list[float] | float, reduction: MseReduction = "sum",

@@ -217,12 +217,12 @@ def analyze_kinks(model, x: Tensor, y: Tensor, lam: float, scale: float, masks: 
         else:
             slopes = start
         g = grad_at(slopes).detach()
-        probes = [torch.zeros(x.shape[0], int(w.shape[0]), dtype=torch.float64, requires_grad=True)
-                  for w in net._split(net.theta)[0]]
+        weights = net._split(net.theta)[0]
+        probes = [torch.zeros(x.shape[0], int(w.shape[0]), dtype=torch.float64, requires_grad=True) for w in weights]
         out, _, inputs = net.layers(net.theta, slopes, probes)
         fit = (out - y).square().sum(-1).mean() * scale
         pre_grads = torch.autograd.grad(fit, probes)
-    upstream = torch.cat([(pg @ w)[m] for pg, w, m in zip(pre_grads[1:], net._split(net.theta)[0][1:], masks)]) \
+    upstream = torch.cat([(pg @ w)[m] for pg, w, m in zip(pre_grads[1:], weights[1:], masks)]) \
         if masks else torch.zeros(0, dtype=torch.float64)
     c_tol = C_TOL_REL * (upstream.abs().max().item() if k else 0.0)
     interior = (slopes > SLOPE_MARGIN) & (slopes < 1 - SLOPE_MARGIN)
