@@ -38,3 +38,11 @@ def one_line_error(code: int, stderr: str, message: str) -> None:
     """Bad input: exit code 2 and a single `error: ...` line containing `message`."""
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], stderr
+
+
+def random_data(n=9, d_in=4, d_out=3, members=None, seed=1):
+    """Standard normal float64 inputs (n, d_in) and targets (n, d_out), or (members, n, ·) stacked."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (members, n) if members else (n,)
+    f64 = torch.float64
+    return torch.randn(*shape, d_in, generator=gen, dtype=f64), torch.randn(*shape, d_out, generator=gen, dtype=f64)

@@ -16,6 +16,7 @@ from bnrank.measure.curvature import _Linearized, ntk_trace
 from bnrank.measure.jacobian import input_jacobians
 from bnrank.models import EnsembleMLP, build_model
 from bnrank.models import functional as F
+from conftest import random_data
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
 F64 = torch.float64
@@ -31,12 +32,6 @@ def _net(activation="relu", bias=True, members=3, dims=(4, 7, 6, 3), seed=0):
     return net
 
 
-def _data(n=9, d_in=4, d_out=3, members=None, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    shape = (members, n) if members else (n,)
-    return torch.randn(*shape, d_in, generator=gen, dtype=F64), torch.randn(*shape, d_out, generator=gen, dtype=F64)
-
-
 KINDS = [("relu", True), ("relu", False), ("linear", True), ("linear", False)]
 
 
@@ -45,7 +40,7 @@ KINDS = [("relu", True), ("relu", False), ("linear", True), ("linear", False)]
 @pytest.mark.parametrize("stacked", [False, True])
 def test_backprop_equals_torch_func(activation, bias, reduction, stacked):
     net = _net(activation, bias)
-    x, y = _data(members=3 if stacked else None)
+    x, y = random_data(members=3 if stacked else None)
     lam = torch.tensor([0.0, 0.01, 0.3], dtype=F64)
     fast = net.objective_and_grads(x, y, lam, reduction=reduction)
     ref = F.objective_and_grads(net, x, y, lam, reduction)
@@ -59,7 +54,7 @@ def test_backprop_equals_torch_func(activation, bias, reduction, stacked):
 @pytest.mark.parametrize("activation, bias", KINDS)
 def test_jacobians_and_ntk_trace_equal_torch_func(activation, bias):
     net = _net(activation, bias)
-    x, _ = _data()
+    x, _ = random_data()
     pre = net.preactivations(x)
     jac = input_jacobians(list(net.weights), pre, activation)
     torch.testing.assert_close(jac.jac, F.input_jacobians(net, x).detach(), rtol=0, atol=1e-10)
@@ -70,7 +65,7 @@ def test_jacobians_and_ntk_trace_equal_torch_func(activation, bias):
 @pytest.mark.parametrize("activation, bias", KINDS)
 def test_hessian_vector_products_equal_torch_func(activation, bias):
     net = _net(activation, bias)
-    x, y = _data()
+    x, y = random_data()
     lam = torch.tensor([0.0, 0.01, 0.3], dtype=F64)
     params = list(net.parameters())
     gen = torch.Generator().manual_seed(5)
@@ -90,7 +85,7 @@ def test_hessian_vector_products_equal_torch_func(activation, bias):
 
 def test_generic_forward_and_norm_match_the_mlp():
     net = _net()
-    x, _ = _data()
+    x, _ = random_data()
     torch.testing.assert_close(F.forward(net, x).detach(), net(x).detach(), rtol=0, atol=1e-12)
     from bnrank.models.family import EnsembleModel
 
@@ -99,7 +94,7 @@ def test_generic_forward_and_norm_match_the_mlp():
 
 def test_linear_net_without_bias_is_a_matrix_product():
     net = _net("linear", bias=False)
-    x, _ = _data()
+    x, _ = random_data()
     product = net.weights[2] @ net.weights[1] @ net.weights[0]
     torch.testing.assert_close(net(x).detach(), (x @ product.transpose(1, 2)).detach(), rtol=0, atol=1e-12)
     assert len(list(net.parameters())) == 3 and net.describe() == "mlp (linear, no bias)"

@@ -15,7 +15,7 @@ from bnrank.config import RunConfig, validate
 from bnrank.errors import ConfigError
 from bnrank.models import EnsembleLeakyResNet, build_model
 from bnrank.models import functional as F
-from conftest import cli, one_line_error, tiny_config
+from conftest import cli, one_line_error, random_data, tiny_config
 
 F64 = torch.float64
 STEPS = [0.1, 0.3, 0.2, 0.25, 0.15]
@@ -29,12 +29,6 @@ def _net(members=3, d_in=4, d_out=3, width=6, ltilde=2.0, steps=STEPS, seed=0):
         for b in net.biases:
             b.copy_(torch.randn(b.shape, generator=gen, dtype=F64) * 0.3)
     return net
-
-
-def _data(n=9, d_in=4, d_out=3, members=None, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    shape = (members, n) if members else (n,)
-    return torch.randn(*shape, d_in, generator=gen, dtype=F64), torch.randn(*shape, d_out, generator=gen, dtype=F64)
 
 
 def test_one_layer_resnet_is_the_hand_computed_residual_map():
@@ -53,7 +47,7 @@ def test_one_layer_resnet_is_the_hand_computed_residual_map():
 
 def test_leak_and_steps_follow_the_formula():
     net = _net(members=1, ltilde=1.5)
-    x, _ = _data()
+    x, _ = random_data()
     h = torch.nn.functional.pad(x, (0, 2))
     for rho, w, b in zip(STEPS, net.weights, net.biases):
         h = (1 - rho * 1.5) * h + rho * (torch.relu(h) @ w[0].T + b[0])
@@ -67,7 +61,7 @@ def test_leak_and_steps_follow_the_formula():
 @pytest.mark.parametrize("stacked", [False, True])
 def test_fast_gradients_equal_torch_func(ltilde, reduction, stacked):
     net = _net(ltilde=ltilde)
-    x, y = _data(members=3 if stacked else None)
+    x, y = random_data(members=3 if stacked else None)
     lam = torch.tensor([0.0, 0.01, 0.3], dtype=F64)
     fast = net.objective_and_grads(x, y, lam, reduction=reduction)
     ref = F.objective_and_grads(net, x, y, lam, reduction)
@@ -80,7 +74,7 @@ def test_fast_gradients_equal_torch_func(ltilde, reduction, stacked):
 
 def test_gradients_equal_plain_autograd_on_a_tiny_net():
     net = _net(members=2, ltilde=3.0)
-    x, y = _data()
+    x, y = random_data()
     lam = torch.tensor([0.05, 0.2], dtype=F64)
     obj, _, _, grads = net.objective_and_grads(x, y, lam)
     total = ((net(x) - y).square().sum(-1).mean(-1) + lam * net.param_norm_sq()).sum()
@@ -91,7 +85,7 @@ def test_gradients_equal_plain_autograd_on_a_tiny_net():
 
 def test_ensemble_equals_separate_nets():
     net = EnsembleLeakyResNet.init(3, 4, 3, 6, 5, 2.0, steps=STEPS, seeds=[7, 8, 9], init_scale=[0.5, 1.0, 2.0], dtype=F64)
-    x, y = _data()
+    x, y = random_data()
     lam = torch.tensor([0.0, 0.1, 0.2], dtype=F64)
     obj, _, _, grads = net.objective_and_grads(x, y, lam)
     for e, (seed, scale) in enumerate([(7, 0.5), (8, 1.0), (9, 2.0)]):
@@ -119,7 +113,7 @@ def test_checkpoint_round_trip_keeps_steps_and_effective_depth(tmp_path):
     back = load_checkpoint(path)
     assert isinstance(back, EnsembleLeakyResNet) and back.effective_depth == 2.0 and (back.d_in, back.d_out) == (4, 3)
     assert back.steps.tolist() == net.steps.tolist()
-    x, _ = _data()
+    x, _ = random_data()
     torch.testing.assert_close(back(x), net(x), rtol=0, atol=0)
     torch.testing.assert_close(net.select([2, 0])(x), net(x)[[2, 0]], rtol=0, atol=0)
 
@@ -172,7 +166,7 @@ def test_adapt_steps_follows_the_rule():
     from bnrank.config import AdaptiveSteps
 
     net = _net(members=3)
-    x, _ = _data()
+    x, _ = random_data()
     rho, jumps = net.steps.clone(), net.jumps(x)
     active = torch.tensor([True, False, True])
     net.adapt_steps_(x, AdaptiveSteps(rate=0.7, min_factor=0.01, max_factor=100), active)
