@@ -211,12 +211,7 @@ def _hooks_chain(module: nn.Module, x: Tensor, note: str) -> Chain:
         if not list(mod.children()):
             handles.append(mod.register_forward_hook(
                 lambda m, args, out, path=path: calls.append((path, m, args[0] if args else None, out))))
-    try:
-        with torch.no_grad():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _call_hooked(module, x, handles)
     lin = [i for i, c in enumerate(calls) if isinstance(c[1], nn.Linear)]
     if not lin:
         raise ModelError(f"no nn.Linear layer is called by {type(module).__name__}")
@@ -335,6 +330,16 @@ def analyze_module(module: nn.Module, X, threshold: float = 0.1, Y=None, lam=Non
     return ModuleAnalysis(*tables, timings, modules, unsupported)
 
 
+def _call_hooked(module: nn.Module, x: Tensor, handles: list) -> None:
+    """module(x) without gradients, then remove the forward hooks `handles` (also on an error)."""
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _layer_values(module: nn.Module, x: Tensor, chain: Chain) -> tuple[list[Tensor], list[Tensor]]:
     """The input (N, fan_in) and output (N, fan_out) of every chain layer on x."""
     inputs, outputs, handles = {}, {}, []
@@ -342,12 +347,7 @@ def _layer_values(module: nn.Module, x: Tensor, chain: Chain) -> tuple[list[Tens
         def hook(m, args, out, k=k):
             inputs[k], outputs[k] = args[0].detach(), out.detach()
         handles.append(layer.linear.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _call_hooked(module, x, handles)
     L = len(chain.layers)
     for k in range(L):
         if k not in inputs or inputs[k].dim() != 2:
