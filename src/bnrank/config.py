@@ -386,7 +386,9 @@ class Phase(StrictModel):
     `smoothing: [δ_1, δ_2, ...]` (decreasing widths, ReLU MLPs only) it is a homotopy: stage j
     minimizes the objective with ReLU replaced by its C¹ smoothing of half-width δ_j (quadratic on
     |α| < δ_j), for at most `steps` iterations each, warm-started from the previous stage
-    (bnrank.training.finish).
+    (bnrank.training.finish). `escapes: n` then certifies the finished members up to n times and
+    steps every saddle along its certificate's direction, running the stages again on the
+    members that moved (bnrank.training.escape).
     """
 
     optimizer: Literal["adam", "gd", "sgd", "lbfgs"] = "adam"
@@ -406,6 +408,7 @@ class Phase(StrictModel):
     history: int = Field(20, gt=0)
     gtol: PositiveFloat = 1e-8
     smoothing: list[PositiveFloat] | None = None
+    escapes: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> "Phase":
@@ -421,6 +424,8 @@ class Phase(StrictModel):
         if self.smoothing is not None and (self.optimizer != "lbfgs" or not self.smoothing
                                            or any(b >= a for a, b in zip(self.smoothing, self.smoothing[1:]))):
             raise ValueError("smoothing is a non-empty decreasing list of widths for optimizer 'lbfgs'")
+        if self.escapes and self.optimizer != "lbfgs":
+            raise ValueError("escapes (leaving saddles after the finish) are for optimizer 'lbfgs'")
         if self.optimizer == "adam" and (self.lr_sharpness is not None or self.momentum == "auto"):
             raise ValueError("lr_sharpness and momentum 'auto' are for optimizer 'gd' or 'sgd'")
         explicit_lr = "lr" in self.model_fields_set and self.lr != Phase.model_fields["lr"].default  # a dump round-trips
@@ -643,7 +648,7 @@ def load_run_config(path: str | Path | None = None, assignments: list[str] = ())
 NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.kind": "mlp", "model.activation": "relu", "model.bias": True,
     "train.certify": False, "train.phases.*.history": 20, "train.phases.*.gtol": 1e-8, "train.adaptive_steps": None,
-    "train.phases.*.smoothing": None,
+    "train.phases.*.smoothing": None, "train.phases.*.escapes": 0,
 }
 """Config fields whose value here gives exactly the network a config without the field gives:
 content hashes leave them out at that value (`canonical_dump`), so a config written before the

@@ -135,6 +135,6 @@ def train_ensemble(
             test_mse = mse(model(x_test), y_test, train_config.mse_reduction).cpu().tolist()
         else:
             test_mse = [float("nan")] * len(seeds)
-    certificates = certificate_rows(model, x, y, list(lam), train_config.mse_reduction, train_config.certify)
+    certificates = certificate_rows(model, x, y, list(lam), train_config, train_config.certify)
     return TrainedEnsemble(model, member_tasks, by_task, result, test_mse, list(seeds), [float(s) for s in init_scale],
                            [float(v) for v in lam], certificates, time.perf_counter() - start)

@@ -40,6 +40,12 @@ Verdict, in this order (`verdict`, with `reason`):
 - ``local_min`` otherwise: gradient small and no negative curvature beyond neg_tol. Zero
   eigenvalues are allowed: continuous symmetries (rotations of neurons that are active on every
   input, of a linear net's hidden layers) leave C unchanged along whole curves.
+
+A saddle's certificate comes with the direction that proves it (`certify_with_directions`; the
+finish leaves saddles along it, bnrank.training.escape): for a collapsed neuron, the switch-on
+direction of the largest gain; for concave kinks, the normal ∇α_k of the most concave one,
+projected onto the tangent space of the sharp kinks (unprojected if it lies in their span); for
+negative curvature, the Ritz vector of hessian_min (in the tangent space).
 """
 
 from __future__ import annotations
@@ -100,11 +106,12 @@ class Certificate:
 
 
 def _lanczos_extremes(matvec: Callable[[np.ndarray], np.ndarray], n: int,
-                      start: Callable[[np.ndarray], np.ndarray] = lambda v: v) -> tuple[float, float, float, float]:
+                      start: Callable[[np.ndarray], np.ndarray] = lambda v: v
+                      ) -> tuple[float, float, float, float, np.ndarray]:
     """(smallest, largest) Ritz values of a symmetric n × n operator after min(n, LANCZOS_STEPS)
     Lanczos steps with full re-orthogonalization from a fixed start (mapped by `start`, e.g. onto
-    the operator's range), and their residual norms ‖Hv − θv‖ (each Ritz value lies within its
-    residual of an eigenvalue; with n steps, exact)."""
+    the operator's range), their residual norms ‖Hv − θv‖ (each Ritz value lies within its
+    residual of an eigenvalue; with n steps, exact), and the unit Ritz vector (n,) of the smallest."""
     k = min(n, LANCZOS_STEPS)
     basis = np.zeros((k, n))
     alpha, beta = [], []
@@ -126,7 +133,7 @@ def _lanczos_extremes(matvec: Callable[[np.ndarray], np.ndarray], n: int,
     t = np.diag(alpha) + np.diag(beta[: m - 1], 1) + np.diag(beta[: m - 1], -1)
     vals, vecs = np.linalg.eigh(t)
     res = last * np.abs(vecs[-1])
-    return float(vals[0]), float(vals[-1]), float(res[0]), float(res[-1])
+    return float(vals[0]), float(vals[-1]), float(res[0]), float(res[-1]), basis[:m].T @ vecs[:, 0]
 
 
 def certify_function(
@@ -140,6 +147,16 @@ def certify_function(
     objective F_{D*} and tangent space replace the plain gradient and Hessian when there are
     kinks. See the module docstring for the quantities and the verdict.
     """
+    return certify_with_direction(objective, theta, lam, balance, kinks, grad_tol, neg_tol_factor)[0]
+
+
+def certify_with_direction(
+    objective: Callable[[Tensor], Tensor], theta: Tensor, lam: float, balance: float = float("nan"),
+    kinks: KinkAnalysis | None = None, grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR,
+) -> tuple[Certificate, Tensor | None]:
+    """`certify_function`'s certificate and, for a ``saddle``, the unit direction (P,) that proves
+    it (module docstring): C falls along it at first order (concave kink) or second order (a collapsed
+    neuron switched on, negative curvature on the tangent space); None for any other verdict."""
     theta = theta.detach().to(torch.float64).clone().requires_grad_(True)
     nan = float("nan")
     n_kinks = kinks.kinks if kinks is not None else 0
@@ -150,7 +167,7 @@ def certify_function(
     def verdict(v: str, reason: str, **kw) -> Certificate:
         vals = {"objective": nan, "rel_grad": nan, "rel_subgrad": nan, "grad_norm": nan, "hessian_min": nan,
                 "hessian_max": nan, "hvps": 0, "neg_tol": neg_tol_factor * 2 * lam, "tangent_dim": 0} | kw
-        return Certificate(v, reason, balance_error=balance, **counts, **vals)
+        return Certificate(v, reason, balance_error=balance, **counts, **vals), None
 
     if not torch.isfinite(theta).all():
         return verdict("not_converged", "parameters are not finite")
@@ -184,7 +201,7 @@ def certify_function(
         (hu,) = torch.autograd.grad(grad, theta, grad_outputs=u, retain_graph=True)
         return project(hu.detach()).numpy()
 
-    h_min, h_max, res_min, _ = _lanczos_extremes(hvp, theta.numel(), lambda v: project(torch.as_tensor(v)).numpy())
+    h_min, h_max, res_min, _, ritz = _lanczos_extremes(hvp, theta.numel(), lambda v: project(torch.as_tensor(v)).numpy())
     # (on T, P's null directions are eigenvectors of PHP with eigenvalue 0: never below -neg_tol)
     neg_tol = max(neg_tol_factor * 2 * lam, NEG_TOL_REL * max(h_max, 0.0))
     ok = res_min <= MIN_EIG_TOL_FACTOR * neg_tol
@@ -198,18 +215,23 @@ def certify_function(
     if not np.isfinite(h_min):
         return verdict("not_converged", "Hessian eigenvalues are not finite", **base)
     if counts["escape_ratio"] > 1:
-        return verdict("saddle", f"switching on a collapsed neuron lowers C: gain {counts['escape_ratio']:.3g}·2λ", **base)
+        return verdict("saddle", f"switching on a collapsed neuron lowers C: gain {counts['escape_ratio']:.3g}·2λ",
+                       **base)[0], kinks.escape_direction
     if counts["concave_kinks"]:
-        return verdict("saddle", f"{counts['concave_kinks']} concave kinks: C falls off them at first order", **base)
+        normal = project(kinks.concave_normal)
+        normal = normal if normal.norm() > 1e-8 * kinks.concave_normal.norm() else kinks.concave_normal
+        return verdict("saddle", f"{counts['concave_kinks']} concave kinks: C falls off them at first order",
+                       **base)[0], normal / normal.norm()
     if h_min < -neg_tol:
-        return verdict("saddle", f"negative curvature {h_min:.3e} < -{neg_tol:.1e}{where}", **base)
+        return verdict("saddle", f"negative curvature {h_min:.3e} < -{neg_tol:.1e}{where}",
+                       **base)[0], torch.as_tensor(ritz, dtype=torch.float64)
     if not ok:
         return verdict("not_converged", f"smallest Hessian eigenvalue{where} unresolved in {LANCZOS_STEPS} Lanczos steps", **base)
     what = f"smallest subgradient over {n_kinks} kinks" if n_kinks else "relative gradient"
     return verdict("local_min", f"{what} {sub:.1e}, smallest eigenvalue{where} {h_min:.1e} >= -{neg_tol:.1e}", **base)
 
 
-def _member_objective(model, x: Tensor, y: Tensor, lam: float, reduction: MseReduction) -> tuple[Callable, Tensor]:
+def member_objective(model, x: Tensor, y: Tensor, lam: float, reduction: MseReduction) -> tuple[Callable, Tensor]:
     """(C, θ) for a one-member ensemble: C maps a flat float64 θ to its regularized objective
     fit + λ·R(θ), through the family's pure `member_forward` and `member_param_norm_sq`, so any
     model family works."""
@@ -234,36 +256,56 @@ def certify(
     `kink_tol`: pre-activations within it of 0 (relative to their layer's largest) are kinks.
     A ReLU MLP on kinks gets the kink analysis (bnrank.measure.kinks); another family with
     kinks is ``not_converged`` (its kink analysis is not built)."""
-    members = model.members
-    lams = [float(v) for v in lam] if isinstance(lam, (list, tuple)) else [float(lam)] * members
-    model64 = model.select(list(range(members))).double()
-    bal = model64.balance_error().tolist() if model64.has(HOMOGENEOUS) else [float("nan")] * members
-    masks, collapsed = kink_masks(model64, x.to(torch.float64), kink_tol)
+    return [c for c, _ in certify_with_directions(model, x, y, lam, reduction, grad_tol, neg_tol_factor, kink_tol)]
+
+
+def certify_with_directions(
+    model, x: Tensor, y: Tensor, lam: list[float] | float, reduction: MseReduction = "sum",
+    grad_tol: float = GRAD_TOL, neg_tol_factor: float = NEG_TOL_FACTOR, kink_tol: float = KINK_TOL,
+    members: list[int] | None = None,
+) -> list[tuple[Certificate, Tensor | None]]:
+    """`certify`'s certificates of `members` (default all), each with its saddle direction
+    (`certify_with_direction`: a unit float64 (P,) vector in the order of ``model.parameters()``,
+    or None)."""
+    lams = [float(v) for v in lam] if isinstance(lam, (list, tuple)) else [float(lam)] * model.members
+    members = list(range(model.members)) if members is None else list(members)
+    model64 = model.select(members).double()
+    bal = model64.balance_error().tolist() if model64.has(HOMOGENEOUS) else [float("nan")] * len(members)
+    xs = (x[members] if x.dim() == 3 else x).to(torch.float64)
+    masks, collapsed = kink_masks(model64, xs, kink_tol)
     analyzable = isinstance(model64, EnsembleMLP) and model64.activation == "relu"
     scale = mse_scale(reduction, y.shape[-1])
     out = []
-    for e in range(members):
-        one = model64.select([e])
+    for i, e in enumerate(members):
+        one = model64.select([i])
         xe = (x[e] if x.dim() == 3 else x).to(torch.float64)
         ye = (y[e] if y.dim() == 3 else y).to(torch.float64)
-        fn, theta = _member_objective(one, xe, ye, lams[e], reduction)
-        mine = [m[e] for m in masks]
+        fn, theta = member_objective(one, xe, ye, lams[e], reduction)
+        mine = [m[i] for m in masks]
         count = int(sum(m.sum() for m in mine))
         finite = bool(torch.isfinite(theta).all())
-        kinks = analyze_kinks(one, xe, ye, lams[e], scale, mine, [d[e] for d in collapsed]) \
+        kinks = analyze_kinks(one, xe, ye, lams[e], scale, mine, [d[i] for d in collapsed]) \
             if analyzable and finite and lams[e] > 0 else None
-        cert = certify_function(fn, theta, lams[e], bal[e], kinks, grad_tol, neg_tol_factor)
+        cert, direction = certify_with_direction(fn, theta, lams[e], bal[i], kinks, grad_tol, neg_tol_factor)
         if count and not analyzable:
-            cert = replace(cert, verdict="not_converged", kinks=count,
-                           reason=f"{count} pre-activations on a ReLU kink (the kink analysis covers ReLU MLPs)")
-        out.append(cert)
+            cert, direction = replace(cert, verdict="not_converged", kinks=count, reason=(
+                f"{count} pre-activations on a ReLU kink (the kink analysis covers ReLU MLPs)")), None
+        out.append((cert, direction))
     return out
 
 
-def certificate_rows(model, x: Tensor, y: Tensor, lam: list[float] | float, reduction: MseReduction = "sum",
-                     enabled: bool = True) -> list[dict]:
-    """One dict of ``cert_*`` columns per member (`certify`; empty dicts unless `enabled`): what a
-    run's summary and a sweep's runs table record for each network (TrainConfig.certify)."""
+def finish_kink_tol(train) -> float:
+    """The kink tolerance for the end point of a TrainConfig `train`: the last smoothing width of
+    its lbfgs finish (a smoothed finish stops within about that width of the kinks, kinks.KINK_TOL),
+    KINK_TOL without a smoothed finish."""
+    widths = [p.smoothing[-1] for p in train.phases if p.optimizer == "lbfgs" and p.smoothing]
+    return max(widths[-1], KINK_TOL) if widths else KINK_TOL
+
+
+def certificate_rows(model, x: Tensor, y: Tensor, lam: list[float] | float, train, enabled: bool = True) -> list[dict]:
+    """One dict of ``cert_*`` columns per member (`certify` at the TrainConfig `train`'s objective
+    and `finish_kink_tol`; empty dicts unless `enabled`): what a run's summary and a sweep's runs
+    table record for each network (TrainConfig.certify)."""
     if not enabled:
         return [{} for _ in range(model.members)]
-    return [c.row() for c in certify(model, x, y, lam, reduction)]
+    return [c.row() for c in certify(model, x, y, lam, train.mse_reduction, kink_tol=finish_kink_tol(train))]

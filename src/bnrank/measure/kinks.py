@@ -40,6 +40,7 @@ parameters flattened in the order of ``model.parameters()``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,23 +84,27 @@ def kink_masks(model, x: Tensor, tol: float = KINK_TOL) -> tuple[list[Tensor], l
         return masks, collapsed
 
 
-def escape_gain(z: Tensor, g: Tensor, seed: int = 0) -> float:
-    """max over unit u of S(u) = ‖Gᵀ relu(Zu)‖ found from ESCAPE_STARTS starts (module docstring):
-    z (N, m) the inputs of a layer, g (N, d) the fit gradient at the next pre-activation."""
+def escape_gain(z: Tensor, g: Tensor, seed: int = 0) -> tuple[float, Tensor]:
+    """(S, u): the largest S(u) = ‖Gᵀ relu(Zu)‖ over unit u found from ESCAPE_STARTS starts, and
+    that u (m,) (module docstring): z (N, m) the inputs of a layer, g (N, d) the fit gradient at
+    the next pre-activation."""
     u = torch.randn(ESCAPE_STARTS, z.shape[1], generator=torch.Generator().manual_seed(seed), dtype=z.dtype)
     u = u / u.norm(dim=1, keepdim=True)
 
     def gain(v: Tensor) -> Tensor:  # S of each row of v
         return torch.linalg.vector_norm(torch.relu(v @ z.T) @ g, dim=1)
 
-    best = gain(u).max()
+    scores = gain(u)
+    best, best_u = scores.max(), u[scores.argmax()]
     for _ in range(ESCAPE_ITERS):
         active = (u @ z.T > 0).to(z.dtype)  # (S, N): the pattern of each start
         pattern = torch.einsum("sn,nd,nm->sdm", active, g, z)  # G_Aᵀ Z_A per start
         v = torch.linalg.svd(pattern, full_matrices=False).Vh[:, 0]
         u = torch.where((gain(v) >= gain(-v))[:, None], v, -v)
-        best = torch.maximum(best, gain(u).max())
-    return best.item()
+        scores = gain(u)
+        if scores.max() > best:
+            best, best_u = scores.max(), u[scores.argmax()]
+    return best.item(), best_u
 
 
 @dataclass
@@ -111,7 +116,10 @@ class KinkAnalysis:
     the largest collapsed-neuron escape gain found over the layers, divided by 2λ (0 without
     collapsed neurons; > 1: a descent direction); objective: F_{D*} as a function of a flat
     float64 θ (P,) (the penalty included); normals: (# sharp kinks, P) rows ∇α_k of the sharp
-    kinks at θ (None above MAX_TANGENT_ENTRIES)."""
+    kinks at θ (None above MAX_TANGENT_ENTRIES); escape_direction: the unit θ-direction (P,)
+    that switches on the collapsed neuron of the largest gain (incoming u, outgoing
+    −Gᵀ relu(Zu)/S, both of norm 1/√2: C(θ + tv) = C(θ) + t²(2λ − S)/2 + O(t³)), None without
+    collapsed neurons; concave_normal: ∇α_k (P,) of the most concave kink, None without one."""
 
     kinks: int
     sharp: int
@@ -123,6 +131,8 @@ class KinkAnalysis:
     escape_ratio: float
     objective: object
     normals: Tensor | None
+    escape_direction: Tensor | None
+    concave_normal: Tensor | None
 
     def projector(self) -> tuple[object, int] | None:
         """(v ↦ Pv on flat float64 θ-vectors (P,), dim T), or None when the normals were too large
@@ -172,6 +182,18 @@ class _Kinked:
             if probes is not None:
                 h = h + probes[i]
         return h, (torch.cat(kinked) if kinked else h.new_zeros(0)), inputs
+
+    def switch_on(self, layer: int, neuron: int, u: Tensor, pull: Tensor) -> Tensor:
+        """The unit θ-direction (P,) giving collapsed neuron `neuron` of hidden layer `layer` the
+        incoming weights (and bias) u (d_{ℓ-1}[+1],) and the outgoing weights −pull/‖pull‖
+        (d_{ℓ+1},), each part of norm 1/√2."""
+        parts = [torch.zeros(s, dtype=torch.float64) for s in self.shapes]
+        d_in = self.shapes[layer - 1][1]
+        parts[layer - 1][neuron] = u[:d_in]
+        if self.bias:
+            parts[self.depth + layer - 1][neuron] = u[d_in]
+        parts[layer][:, neuron] = -pull / pull.norm().clamp_min(1e-300)
+        return torch.cat([p.reshape(-1) for p in parts]) / math.sqrt(2)
 
     def value(self, theta: Tensor, slopes: Tensor, probes: list[Tensor] | None = None) -> Tensor:
         out = self.layers(theta, slopes, probes)[0]
@@ -228,12 +250,15 @@ def analyze_kinks(model, x: Tensor, y: Tensor, lam: float, scale: float, masks: 
     interior = (slopes > SLOPE_MARGIN) & (slopes < 1 - SLOPE_MARGIN)
     sharp = (upstream > c_tol) & interior
     concave = upstream < -c_tol
-    gains = []
+    best = (0.0, None)  # (gain, direction)
     for layer, dead in enumerate(collapsed, start=1):  # hidden layer ℓ: inputs[ℓ-1], gradient at α_{ℓ+1}
         if dead.any():
             z = inputs[layer - 1].detach()
             z = torch.cat([z, torch.ones_like(z[:, :1])], 1) if net.bias else z
-            gains.append(escape_gain(z, pre_grads[layer].detach()))
+            grad_next = pre_grads[layer].detach()
+            gain, u = escape_gain(z, grad_next)
+            if gain > best[0]:
+                best = (gain, net.switch_on(layer, int(torch.nonzero(dead)[0]), u, grad_next.T @ torch.relu(z @ u)))
     if int(sharp.sum()) * net.theta.numel() > MAX_TANGENT_ENTRIES:
         normals = None
     elif sharp.any():
@@ -243,9 +268,16 @@ def analyze_kinks(model, x: Tensor, y: Tensor, lam: float, scale: float, masks: 
         normals = torch.func.jacrev(kinked_alpha, chunk_size=256)(net.theta)
     else:
         normals = torch.zeros(0, net.theta.numel(), dtype=torch.float64)
+    concave_normal = None
+    if concave.any():
+        worst = int(torch.argmin(torch.where(concave, upstream, 0.0)))
+        with torch.enable_grad():
+            t = net.theta.clone().requires_grad_(True)
+            (concave_normal,) = torch.autograd.grad(net.layers(t, slopes)[1][worst], t)
     return KinkAnalysis(
         kinks=k, sharp=int(sharp.sum()), concave=int(concave.sum()), collapsed=int(sum(d.sum() for d in collapsed)),
         slopes=slopes, upstream=upstream, rel_subgrad=_relative(g, net.theta, lam),
-        escape_ratio=max(gains, default=0.0) / (2 * lam) if lam > 0 else float("inf"),
-        objective=lambda t: net.value(t, slopes), normals=normals,
+        escape_ratio=best[0] / (2 * lam) if lam > 0 else float("inf"),
+        objective=lambda t: net.value(t, slopes), normals=normals, escape_direction=best[1],
+        concave_normal=concave_normal,
     )

@@ -191,7 +191,7 @@ def finish_starts(starts: Sequence[Start], x: Tensor, y: Tensor, config: TrainCo
     result = fit(model, x, y, train, lam=lams, progress=False)
     last = result.metrics[result.metrics.step == result.metrics.step.max()].set_index("member")
     ranks = middle_rank(model, RANK_THRESHOLD)
-    certs = certificate_rows(model, x, y, lams, train.mse_reduction, certify)
+    certs = certificate_rows(model, x, y, lams, train, certify)
     rows = []
     for e, s in enumerate(starts):
         rows.append({

@@ -29,8 +29,10 @@ from torch import Tensor
 
 from bnrank.config import StopRule, TrainConfig, per_member
 from bnrank.errors import ConfigError, DataError
+from bnrank.measure.certificate import finish_kink_tol
 from bnrank.models import HOMOGENEOUS, LAYER_STEPS, EnsembleMLP, EnsembleModel
 from bnrank.training.backprop import Workspace
+from bnrank.training.escape import leave_saddles
 from bnrank.training.finish import LBFGS, ModelObjective
 from bnrank.training.flat import FlatParameters
 from bnrank.training.optim import make_optimizer
@@ -234,51 +236,67 @@ def _balance(model: EnsembleModel, like: Tensor) -> Tensor:
 def _finish(model, x: Tensor, y: Tensor, lam: Tensor, phase, phase_idx: int, config: TrainConfig, alive: Tensor,
             done: Tensor, stopped_at: list, failed: Tensor, rows: list, step: int, show) -> int:
     """Run the "lbfgs" phase on the members that have not diverged, in float64 (the model is
-    promoted in place), one L-BFGS run per smoothing stage (one run without smoothing); updates
-    done/failed/stopped_at and appends metric rows (the objective itself, also while smoothing);
-    returns the step count after it."""
+    promoted in place), one L-BFGS run per smoothing stage (one run without smoothing), then up
+    to `phase.escapes` rounds of leaving saddles (bnrank.training.escape) each followed by the
+    stages again on the members that moved; updates done/failed/stopped_at and appends metric
+    rows (the objective itself, also while smoothing); returns the step count after it."""
     model.double()
     evaluate = ModelObjective(model, x, y, lam, config.mse_reduction)
     stages = phase.smoothing or [0.0]
     theta = evaluate.theta()
     converged = torch.zeros_like(done)
-    for stage, delta in enumerate(stages):
-        evaluate.delta = delta
-        opt = LBFGS(evaluate, theta, lam, phase.history, phase.gtol, ~alive | failed)
-        last = stage == len(stages) - 1
 
-        def log(alpha: Tensor) -> None:
-            evaluate.delta = 0.0
-            f, g = evaluate(opt.theta)  # the objective itself at the accepted parameters
+    def run_stages(theta: Tensor, frozen: Tensor, step: int) -> tuple[Tensor, Tensor, int]:
+        """(θ, converged, step) after every stage from θ with `frozen` members held."""
+        converged = torch.zeros_like(done)
+        for stage, delta in enumerate(stages):
             evaluate.delta = delta
-            cols = {
-                "objective": f, "mse": evaluate.mse, "param_norm_sq": evaluate.norm_sq, "grad_norm": g.norm(dim=1),
-                "balance_error": _balance(model, f), "lr": alpha, "lam": opt.lam, "diverged": ~alive,
-                "converged": done | (opt.converged if last else converged),
-            }
-            values = {k: v.detach().cpu().tolist() for k, v in cols.items()}
-            for e in range(model.members):
-                rows.append({"step": step, "phase": phase_idx, "member": e} | {k: v[e] for k, v in values.items()})
+            opt = LBFGS(evaluate, theta, lam, phase.history, phase.gtol, frozen | failed)
+            last = stage == len(stages) - 1
 
-        if step == 0:
-            log(torch.zeros_like(opt.f))
-        for t in range(phase.steps):
-            if not opt.live().any():
-                break
-            before = opt.failed | (opt.converged & last)
-            alpha = opt.iterate()
-            step += 1
-            for e in torch.nonzero((opt.failed | (opt.converged & last)) & ~before).flatten().tolist():
-                stopped_at[e] = step
-            if step % config.log_every == 0 or t == phase.steps - 1 or not opt.live().any():
-                log(alpha)
-                width = f"δ = {delta:.0e}, " if delta else ""
-                show(f"{width}relative gradient {opt.rel_grad()[opt.live()].max().item():.2e}" if opt.live().any()
-                     else "all members stopped")
-        theta = opt.theta
-        failed.logical_or_(opt.failed & alive)
-        converged = opt.converged
-    evaluate.delta = 0.0
+            def log(alpha: Tensor) -> None:
+                evaluate.delta = 0.0
+                f, g = evaluate(opt.theta)  # the objective itself at the accepted parameters
+                evaluate.delta = delta
+                cols = {
+                    "objective": f, "mse": evaluate.mse, "param_norm_sq": evaluate.norm_sq, "grad_norm": g.norm(dim=1),
+                    "balance_error": _balance(model, f), "lr": alpha, "lam": opt.lam, "diverged": ~alive,
+                    "converged": done | (opt.converged if last else converged),
+                }
+                values = {k: v.detach().cpu().tolist() for k, v in cols.items()}
+                for e in range(model.members):
+                    rows.append({"step": step, "phase": phase_idx, "member": e} | {k: v[e] for k, v in values.items()})
+
+            if step == 0:
+                log(torch.zeros_like(opt.f))
+            for t in range(phase.steps):
+                if not opt.live().any():
+                    break
+                before = opt.failed | (opt.converged & last)
+                alpha = opt.iterate()
+                step += 1
+                for e in torch.nonzero((opt.failed | (opt.converged & last)) & ~before).flatten().tolist():
+                    stopped_at[e] = step
+                if step % config.log_every == 0 or t == phase.steps - 1 or not opt.live().any():
+                    log(alpha)
+                    width = f"δ = {delta:.0e}, " if delta else ""
+                    show(f"{width}relative gradient {opt.rel_grad()[opt.live()].max().item():.2e}" if opt.live().any()
+                         else "all members stopped")
+            theta = opt.theta
+            failed.logical_or_(opt.failed & alive)
+            converged = opt.converged
+        evaluate.delta = 0.0
+        return theta, converged, step
+
+    theta, converged, step = run_stages(theta, ~alive, step)
+    for _ in range(phase.escapes):
+        evaluate.load(theta)
+        moved = leave_saddles(model, x, y, lam, config.mse_reduction, theta, alive & ~failed, finish_kink_tol(config))
+        if not moved.any():
+            break
+        show(f"leaving {int(moved.sum())} saddles")
+        theta, again, step = run_stages(theta, ~moved, step)
+        converged = torch.where(moved, again, converged)
     evaluate.load(theta)
     done.logical_or_(converged)
     return step
