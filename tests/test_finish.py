@@ -154,6 +154,20 @@ def test_certificates_reach_the_run_summary_and_the_sweep_runs_table(tmp_path):
     assert not any(k.startswith("cert_") for k in plain.summary["members"][0])
 
 
+def test_test_mse_of_a_float32_run_is_taken_at_its_float64_finish():
+    import bnrank
+    from bnrank.training.objective import mse
+
+    cfg = {"seed": 0, "task": {"n_train": 16, "n_test": 8, "d_in": 3, "d_out": 2, "latent_dim": 3, "rank": 1, "hidden": 8},
+           "model": {"depth": 2, "width": 4},
+           "train": {"lam": 0.02, "phases": [{"optimizer": "adam", "steps": 20, "lr": 0.01}, {"optimizer": "lbfgs", "steps": 5}]}}
+    run = bnrank.train(cfg, progress=False)
+    assert run.model.weights[0].dtype == torch.float64
+    with torch.no_grad():
+        expected = mse(run.model(run.task.x_test.double()), run.task.y_test.double(), "sum").item()
+    assert run.summary["members"][0]["test_mse"] == expected
+
+
 def test_smooth_relu_is_relu_off_the_band_and_c1():
     from bnrank.training.finish import smooth_relu
 

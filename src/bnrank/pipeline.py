@@ -130,8 +130,9 @@ def train_ensemble(
     result = fit(model, x, y, train_config, lam=list(lam), seed=seed, progress=progress)
     with torch.no_grad():
         if member_tasks[0].x_test.shape[0]:
-            x_test = _stack([t.x_test for t in member_tasks], shared).to(device, dtype)
-            y_test = _stack([t.y_test for t in member_tasks], shared).to(device, dtype)
+            final = model.reference.dtype  # float64 after an lbfgs finish
+            x_test = _stack([t.x_test for t in member_tasks], shared).to(device, final)
+            y_test = _stack([t.y_test for t in member_tasks], shared).to(device, final)
             test_mse = mse(model(x_test), y_test, train_config.mse_reduction).cpu().tolist()
         else:
             test_mse = [float("nan")] * len(seeds)
