@@ -140,3 +140,12 @@ def test_only_momentum_auto_couples_members_and_such_cells_train_alone_unless_ba
     assert coupling(cells[0]) == ["train.phases.2.momentum"]
     assert [g.members for g in group_cells(cells, max_members=64)] == [1] * 12
     assert [g.members for g in group_cells(cells, max_members=64, batch_coupled=True)] == [6, 6]
+
+
+def test_group_work_grows_with_members_depth_and_width_squared():
+    cells = expand(load_spec(spec(grid={"model.depth": [2, 4], "model.width": [3, 6]})))
+    groups = group_cells(cells, max_members=64)
+    work = {(g.cells[0].config.model.depth, g.cells[0].config.model.width): g.work() / g.members for g in groups}
+    assert work[(4, 3)] == 2 * work[(2, 3)] and work[(2, 6)] == 4 * work[(2, 3)]
+    pair = group_cells(expand(load_spec(spec(grid={"train.lam": [0.01]}, trials=2))), max_members=64)[0]
+    assert pair.members == 2 and pair.work() == 2 * group_cells([pair.cells[0]], max_members=64)[0].work()

@@ -11,6 +11,7 @@ cells the executor cannot run where it runs them (here: ``device: cuda`` without
 `LocalExecutor(workers=1)` runs the groups in this process with torch's current thread count.
 `LocalExecutor(workers=N)` runs them in a pool of N processes, each with ``max(1, cores // N)``
 torch threads, so the processes share the machine's cores rather than oversubscribe them.
+The pool takes the groups longest first (`Group.work`), so its workers finish close together.
 `threads` overrides the count in either case (in-process, torch's setting is restored after):
 small networks often run fastest on one thread, and on a machine whose cores are already busy
 more threads than free cores can be many times slower. The
@@ -109,7 +110,8 @@ class LocalExecutor:
         )
         finished = False
         try:
-            pending = {pool.submit(run_group, g) for g in groups}
+            # longest first: the pool's last groups are then short and the workers finish together
+            pending = {pool.submit(run_group, g) for g in sorted(groups, key=Group.work, reverse=True)}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:

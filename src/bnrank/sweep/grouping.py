@@ -58,6 +58,14 @@ class Group:
     def members(self) -> int:
         return len(self.cells)
 
+    def work(self) -> float:
+        """A relative estimate of the group's training time: members × steps × N × depth × width²
+        (the cost of a step of a dense net; for ordering groups, not a prediction in seconds)."""
+        config = self.cells[0].config
+        steps = sum(p.steps for p in config.train.phases)
+        model = config.model
+        return float(self.members * steps * getattr(config.task, "n_train", 1) * model.depth * model.width**2)
+
     def train_config(self) -> TrainConfig:
         """The first cell's TrainConfig with λ and every phase's lr as per-member lists (a phase
         with lr_sharpness keeps its unused lr: its steps are set at the phase start)."""
