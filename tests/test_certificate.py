@@ -283,3 +283,55 @@ def test_kink_certificate_is_the_plain_one_without_kinks():
     net, x, y = _tiny_relu()
     for cert in certify(net, x, y, [0.01, 0.03]):
         assert cert.kinks == 0 and cert.rel_subgrad == cert.rel_grad and cert.tangent_dim == sum(p[0].numel() for p in net.parameters())
+
+
+# -- one-sided kinks: C(θ) = θ₁² − ½θ₂² + s·θ₃² + relu(θ₁ + θ₂) + relu(θ₁ − θ₂) at θ = 0 ----------------
+# Both kinks have slope D* = 0 and upstream c = 1: C rises at first order where θ₁ + θ₂ > 0 or
+# θ₁ − θ₂ > 0 and is flat on the other side. F_{D*} = θ₁² − ½θ₂² + s·θ₃² has curvature −1 along θ₂,
+# but θ₂ crosses one kink on its rising side whichever way it goes.
+
+def _wedge(s: float):
+    from bnrank.measure.kinks import KinkAnalysis
+
+    def smooth(t):
+        return t[0] ** 2 - 0.5 * t[1] ** 2 + s * t[2] ** 2
+
+    def objective(t):
+        return smooth(t) + torch.relu(t[0] + t[1]) + torch.relu(t[0] - t[1])
+
+    normals = torch.tensor([[1.0, 1.0, 0.0], [1.0, -1.0, 0.0]], dtype=torch.float64)
+    kinks = KinkAnalysis(kinks=2, sharp=0, one_sided=2, concave=0, collapsed=0, slopes=torch.zeros(2, dtype=torch.float64),
+                         upstream=torch.ones(2, dtype=torch.float64), rel_subgrad=0.0, escape_ratio=0.0, objective=smooth,
+                         normals=torch.zeros(0, 3, dtype=torch.float64), face_normals=normals, escape_direction=None,
+                         concave_normal=None)
+    return objective, kinks
+
+
+def _lowest_ratio(objective, scale: float) -> float:
+    """min over 20,000 random unit u of C(scale·u) / scale² (C(0) = 0)."""
+    u = torch.randn(20000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True) * scale
+    return min(objective(v).item() for v in u) / scale**2
+
+
+def test_negative_curvature_blocked_by_one_sided_kinks_is_undecided_not_a_saddle():
+    from bnrank.measure.certificate import certify_with_direction
+
+    objective, kinks = _wedge(1.0)
+    cert, direction = certify_with_direction(objective, torch.zeros(3, dtype=torch.float64), 0.5, kinks=kinks)
+    assert cert.verdict == "not_converged" and "undecided" in cert.reason and direction is None, cert.reason
+    assert cert.hessian_min == pytest.approx(-1.0, abs=1e-12)  # on T = R³
+    assert cert.face_min == pytest.approx(2.0, abs=1e-12)  # on the face T' = span(e₃)
+    assert cert.one_sided_kinks == 2
+    assert _lowest_ratio(objective, 1e-3) > 0  # brute force: θ = 0 is in fact a local minimum
+
+
+def test_negative_curvature_on_the_one_sided_kinks_face_is_a_saddle_along_it():
+    from bnrank.measure.certificate import certify_with_direction
+
+    objective, kinks = _wedge(-0.5)
+    cert, direction = certify_with_direction(objective, torch.zeros(3, dtype=torch.float64), 0.5, kinks=kinks)
+    assert cert.verdict == "saddle" and "one-sided" in cert.reason, cert.reason
+    assert cert.face_min == pytest.approx(-1.0, abs=1e-12)
+    assert direction.abs().tolist() == pytest.approx([0.0, 0.0, 1.0], abs=1e-12)
+    assert objective(1e-3 * direction).item() == pytest.approx(-0.5e-6, rel=1e-9)  # C falls along it

@@ -22,17 +22,22 @@ network, flattened), for the objective C(θ) = fit(θ) + λ‖θ‖² (bnrank.tr
   bnrank.measure.kinks: ``rel_subgrad`` is the relative norm (as rel_grad) of the smallest
   chain-rule subgradient (slopes D* ∈ [0, 1] at the kinks), ``sharp_kinks`` are the kinks off
   which C rises at first order on both sides, ``concave_kinks`` those off which it falls on one
-  side, and the Hessian is that of F_{D*} (the net with a line of slope D*_k at each kink) on the
-  tangent space of the sharp kinks (``tangent_dim``). Without kinks rel_subgrad = rel_grad,
-  tangent_dim = P and the Hessian is the plain one.
+  side, ``one_sided_kinks`` those off which it rises on one side and is flat on the other, and
+  the Hessian is that of F_{D*} (the net with a line of slope D*_k at each kink) on the tangent
+  space T of the sharp kinks (``tangent_dim``). When hessian_min is negative and there are
+  one-sided kinks, ``face_min`` is the smallest Ritz value of the same Hessian on the face T' of
+  T tangent to the one-sided kinks too (NaN when not computed). Without kinks rel_subgrad =
+  rel_grad, tangent_dim = P and the Hessian is the plain one.
 
 Verdict, in this order (`verdict`, with `reason`):
 
 - ``not_converged``: θ or the objective is not finite, λ ≤ 0 (no regularized minimum to
   certify), ``rel_subgrad > grad_tol`` (default GRAD_TOL), the tangent space too large to build
-  (kinks.MAX_TANGENT_ENTRIES), or Lanczos did not converge for hessian_min while its value is
-  above −neg_tol;
-- ``saddle``: a concave kink, or hessian_min < −neg_tol, neg_tol = max(NEG_TOL_FACTOR · 2λ, NEG_TOL_REL ·
+  (kinks.MAX_TANGENT_ENTRIES), Lanczos did not converge for hessian_min while its value is
+  above −neg_tol, or hessian_min < −neg_tol on T while face_min ≥ −neg_tol on T' (undecided:
+  the negative direction crosses one-sided kinks, which may block it, bnrank.measure.kinks);
+- ``saddle``: a collapsed neuron whose switching on lowers C, a concave kink, or hessian_min <
+  −neg_tol without one-sided kinks (face_min < −neg_tol with them), neg_tol = max(NEG_TOL_FACTOR · 2λ, NEG_TOL_REL ·
   hessian_max): a fraction of the penalty's curvature 2λ (the smallest curvature a strict
   minimum of this objective has away from its symmetries), but no finer than Lanczos resolves
   in LANCZOS_STEPS products (the bottom of a spectrum spread over hessian_max takes
@@ -45,7 +50,7 @@ A saddle's certificate comes with the direction that proves it (`certify_with_di
 finish leaves saddles along it, bnrank.training.escape): for a collapsed neuron, the switch-on
 direction of the largest gain; for concave kinks, the normal ∇α_k of the most concave one,
 projected onto the tangent space of the sharp kinks (unprojected if it lies in their span); for
-negative curvature, the Ritz vector of hessian_min (in the tangent space).
+negative curvature, the Ritz vector of hessian_min (of face_min with one-sided kinks).
 """
 
 from __future__ import annotations
@@ -94,10 +99,12 @@ class Certificate:
     neg_tol: float
     kinks: int
     sharp_kinks: int
+    one_sided_kinks: int
     concave_kinks: int
     collapsed: int
     escape_ratio: float
     tangent_dim: int
+    face_min: float
     hvps: int
 
     def row(self) -> dict:
@@ -161,12 +168,13 @@ def certify_with_direction(
     nan = float("nan")
     n_kinks = kinks.kinks if kinks is not None else 0
     found = kinks is not None
-    counts = {"kinks": n_kinks, "sharp_kinks": kinks.sharp if found else 0, "concave_kinks": kinks.concave if found else 0,
+    counts = {"kinks": n_kinks, "sharp_kinks": kinks.sharp if found else 0, "one_sided_kinks": kinks.one_sided if found else 0,
+              "concave_kinks": kinks.concave if found else 0,
               "collapsed": kinks.collapsed if found else 0, "escape_ratio": kinks.escape_ratio if found else nan}
 
     def verdict(v: str, reason: str, **kw) -> Certificate:
         vals = {"objective": nan, "rel_grad": nan, "rel_subgrad": nan, "grad_norm": nan, "hessian_min": nan,
-                "hessian_max": nan, "hvps": 0, "neg_tol": neg_tol_factor * 2 * lam, "tangent_dim": 0} | kw
+                "hessian_max": nan, "face_min": nan, "hvps": 0, "neg_tol": neg_tol_factor * 2 * lam, "tangent_dim": 0} | kw
         return Certificate(v, reason, balance_error=balance, **counts, **vals), None
 
     if not torch.isfinite(theta).all():
@@ -195,13 +203,17 @@ def certify_with_direction(
         (grad,) = torch.autograd.grad(piece(theta), theta, create_graph=True)
     count = [0]
 
-    def hvp(v: np.ndarray) -> np.ndarray:
-        count[0] += 1
-        u = project(torch.as_tensor(v.ravel(), dtype=torch.float64))
-        (hu,) = torch.autograd.grad(grad, theta, grad_outputs=u, retain_graph=True)
-        return project(hu.detach()).numpy()
+    def extremes(on: Callable[[Tensor], Tensor]) -> tuple[float, float, float, float, np.ndarray]:
+        """`_lanczos_extremes` of the Hessian of `piece` projected by `on`."""
+        def hvp(v: np.ndarray) -> np.ndarray:
+            count[0] += 1
+            u = on(torch.as_tensor(v.ravel(), dtype=torch.float64))
+            (hu,) = torch.autograd.grad(grad, theta, grad_outputs=u, retain_graph=True)
+            return on(hu.detach()).numpy()
 
-    h_min, h_max, res_min, _, ritz = _lanczos_extremes(hvp, theta.numel(), lambda v: project(torch.as_tensor(v)).numpy())
+        return _lanczos_extremes(hvp, theta.numel(), lambda v: on(torch.as_tensor(v)).numpy())
+
+    h_min, h_max, res_min, _, ritz = extremes(project)
     # (on T, P's null directions are eigenvectors of PHP with eigenvalue 0: never below -neg_tol)
     neg_tol = max(neg_tol_factor * 2 * lam, NEG_TOL_REL * max(h_max, 0.0))
     ok = res_min <= MIN_EIG_TOL_FACTOR * neg_tol
@@ -222,6 +234,16 @@ def certify_with_direction(
         normal = normal if normal.norm() > 1e-8 * kinks.concave_normal.norm() else kinks.concave_normal
         return verdict("saddle", f"{counts['concave_kinks']} concave kinks: C falls off them at first order",
                        **base)[0], normal / normal.norm()
+    if h_min < -neg_tol and counts["one_sided_kinks"]:
+        on_face, face_dim = kinks.projector(face=True)
+        f_min, _, _, _, ritz = extremes(on_face) if face_dim else (0.0, 0.0, 0.0, 0.0, None)
+        base |= {"face_min": f_min, "hvps": count[0]}
+        face = f"the tangent space of {kinks.sharp} sharp and {kinks.one_sided} one-sided kinks"
+        if not f_min < -neg_tol:
+            return verdict("not_converged", f"negative curvature {h_min:.3e}{where}, none below -{neg_tol:.1e} "
+                           f"({f_min:.1e}) on {face}: undecided", **base)
+        return verdict("saddle", f"negative curvature {f_min:.3e} < -{neg_tol:.1e} on {face}",
+                       **base)[0], torch.as_tensor(ritz, dtype=torch.float64)
     if h_min < -neg_tol:
         return verdict("saddle", f"negative curvature {h_min:.3e} < -{neg_tol:.1e}{where}",
                        **base)[0], torch.as_tensor(ritz, dtype=torch.float64)

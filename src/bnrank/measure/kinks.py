@@ -19,11 +19,18 @@ kinked α_k is 0, and its gradient g(D) = ∇F_D(θ) is the chain rule with slop
     at first order on both of its sides;
   - a *concave* kink (c_k < −C_TOL_REL·max|c|) lowers C at first order on one side: θ is not a
     minimum (when ∇α_k is not in the span of the other kinks' normals, whose terms could cancel);
-  - any other kink is flat at first order on at least one side and is left to the Hessian test.
+  - a *one-sided* kink (c_k > C_TOL_REL·max|c|, D*_k within SLOPE_MARGIN of 0 or 1) raises C at
+    first order on one side (∇α_k·v > 0 for D*_k ≈ 0, < 0 for D*_k ≈ 1) and is flat on the other;
+  - any other kink (|c_k| at most the tolerance) is flat at first order on both sides.
 - Tangent space T = {v : ∇α_k·v = 0 for every sharp kink}. Along T, C = F_{D*} to second order and
   ∇F_{D*} = g(D*) ≈ 0, so θ is a local minimum when moreover the Hessian of F_{D*} has no
   negative eigenvalue on T (`projector` gives P, the orthogonal projection onto T). The other
   kinks' normals stay inside the tested space, which is then stronger than needed.
+- Face T' = {v ∈ T : ∇α_k·v = 0 for every one-sided kink too} (`projector(face=True)`). Along a
+  curve that keeps every sharp and one-sided kink at α_k = 0 (it exists when their normals are
+  independent), C = F_{D*} up to the flat kinks' terms, so a negative eigenvalue of the Hessian of
+  F_{D*} on T' proves a direction of descent. A negative eigenvalue on T alone does not: its
+  vector can cross one-sided kinks on their rising sides, which cost C at first order.
 
 - Collapsed neurons (weights and bias 0, at the kink on every input) are not kinks: C is flat to
   first order along them, and switching one on changes C at second order. In hidden layer ℓ, with
@@ -111,18 +118,20 @@ def escape_gain(z: Tensor, g: Tensor, seed: int = 0) -> tuple[float, Tensor]:
 class KinkAnalysis:
     """What `analyze_kinks` finds for one member (see the module docstring).
 
-    kinks, sharp, concave, collapsed: counts; slopes: D* (K,); upstream: c (K,); rel_subgrad:
+    kinks, sharp, one_sided, concave, collapsed: counts; slopes: D* (K,); upstream: c (K,); rel_subgrad:
     ‖g(D*)‖ / (‖g(D*) − 2λθ‖ + ‖2λθ‖) (the certificate's relative gradient, at D*); escape_ratio:
     the largest collapsed-neuron escape gain found over the layers, divided by 2λ (0 without
     collapsed neurons; > 1: a descent direction); objective: F_{D*} as a function of a flat
     float64 θ (P,) (the penalty included); normals: (# sharp kinks, P) rows ∇α_k of the sharp
-    kinks at θ (None above MAX_TANGENT_ENTRIES); escape_direction: the unit θ-direction (P,)
+    kinks at θ and face_normals: (# one-sided kinks, P) those of the one-sided kinks (both None
+    when the two together exceed MAX_TANGENT_ENTRIES); escape_direction: the unit θ-direction (P,)
     that switches on the collapsed neuron of the largest gain (incoming u, outgoing
     −Gᵀ relu(Zu)/S, both of norm 1/√2: C(θ + tv) = C(θ) + t²(2λ − S)/2 + O(t³)), None without
     collapsed neurons; concave_normal: ∇α_k (P,) of the most concave kink, None without one."""
 
     kinks: int
     sharp: int
+    one_sided: int
     concave: int
     collapsed: int
     slopes: Tensor
@@ -131,19 +140,22 @@ class KinkAnalysis:
     escape_ratio: float
     objective: object
     normals: Tensor | None
+    face_normals: Tensor | None
     escape_direction: Tensor | None
     concave_normal: Tensor | None
 
-    def projector(self) -> tuple[object, int] | None:
+    def projector(self, face: bool = False) -> tuple[object, int] | None:
         """(v ↦ Pv on flat float64 θ-vectors (P,), dim T), or None when the normals were too large
         to build (MAX_TANGENT_ENTRIES). P = I − QᵀQ, Q an orthonormal basis of the normals' span
-        (singular values above 1e-10 of the largest)."""
+        (singular values above 1e-10 of the largest): of the sharp kinks for T, of the sharp and
+        one-sided kinks for the face T' (`face`)."""
         if self.normals is None:
             return None
-        rows, p = self.normals.shape
+        normals = torch.cat([self.normals, self.face_normals]) if face else self.normals
+        rows, p = normals.shape
         if rows == 0:
             return (lambda v: v), p
-        _, s, vh = torch.linalg.svd(self.normals, full_matrices=False)
+        _, s, vh = torch.linalg.svd(normals, full_matrices=False)
         q = vh[s > 1e-10 * s[0]]
         return (lambda v: v - q.T @ (q @ v)), p - q.shape[0]
 
@@ -249,6 +261,7 @@ def analyze_kinks(model, x: Tensor, y: Tensor, lam: float, scale: float, masks: 
     c_tol = C_TOL_REL * (upstream.abs().max().item() if k else 0.0)
     interior = (slopes > SLOPE_MARGIN) & (slopes < 1 - SLOPE_MARGIN)
     sharp = (upstream > c_tol) & interior
+    one_sided = (upstream > c_tol) & ~interior
     concave = upstream < -c_tol
     best = (0.0, None)  # (gain, direction)
     for layer, dead in enumerate(collapsed, start=1):  # hidden layer ℓ: inputs[ℓ-1], gradient at α_{ℓ+1}
@@ -259,15 +272,16 @@ def analyze_kinks(model, x: Tensor, y: Tensor, lam: float, scale: float, masks: 
             gain, u = escape_gain(z, grad_next)
             if gain > best[0]:
                 best = (gain, net.switch_on(layer, int(torch.nonzero(dead)[0]), u, grad_next.T @ torch.relu(z @ u)))
-    if int(sharp.sum()) * net.theta.numel() > MAX_TANGENT_ENTRIES:
-        normals = None
-    elif sharp.any():
-        def kinked_alpha(t: Tensor) -> Tensor:
-            return net.layers(t, slopes)[1][sharp]
-
-        normals = torch.func.jacrev(kinked_alpha, chunk_size=256)(net.theta)
+    binding = sharp | one_sided
+    if int(binding.sum()) * net.theta.numel() > MAX_TANGENT_ENTRIES:
+        normals = face_normals = None
     else:
-        normals = torch.zeros(0, net.theta.numel(), dtype=torch.float64)
+        def kinked_alpha(t: Tensor) -> Tensor:
+            return net.layers(t, slopes)[1][binding]
+
+        rows = torch.func.jacrev(kinked_alpha, chunk_size=256)(net.theta) if binding.any() \
+            else torch.zeros(0, net.theta.numel(), dtype=torch.float64)
+        normals, face_normals = rows[sharp[binding]], rows[one_sided[binding]]
     concave_normal = None
     if concave.any():
         worst = int(torch.argmin(torch.where(concave, upstream, 0.0)))
@@ -275,9 +289,9 @@ def analyze_kinks(model, x: Tensor, y: Tensor, lam: float, scale: float, masks: 
             t = net.theta.clone().requires_grad_(True)
             (concave_normal,) = torch.autograd.grad(net.layers(t, slopes)[1][worst], t)
     return KinkAnalysis(
-        kinks=k, sharp=int(sharp.sum()), concave=int(concave.sum()), collapsed=int(sum(d.sum() for d in collapsed)),
+        kinks=k, sharp=int(sharp.sum()), one_sided=int(one_sided.sum()), concave=int(concave.sum()), collapsed=int(sum(d.sum() for d in collapsed)),
         slopes=slopes, upstream=upstream, rel_subgrad=_relative(g, net.theta, lam),
         escape_ratio=best[0] / (2 * lam) if lam > 0 else float("inf"),
-        objective=lambda t: net.value(t, slopes), normals=normals, escape_direction=best[1],
+        objective=lambda t: net.value(t, slopes), normals=normals, face_normals=face_normals, escape_direction=best[1],
         concave_normal=concave_normal,
     )
