@@ -13,7 +13,8 @@ iterations, bnrank.training.finish). With `--certify`, every member of the recip
 gets its certificate (bnrank.measure.certificate: verdict, relative gradient, Hessian extremes,
 kinks) and the seconds it took, at every tolerance of `--kink-tols`. With `--smooth-finish K`,
 the recipe run is continued by the smoothed L-BFGS finish (widths SMOOTHING, at most K iterations
-each; bnrank.training.finish) and reported as "recipe+smoothed" (steps and seconds include the
+each; bnrank.training.finish; `--escapes n`: then up to n rounds of leaving certified saddles,
+bnrank.training.escape) and reported as "recipe+smoothed" (steps and seconds include the
 recipe's).
 
     .venv/bin/python bench/convergence.py                       # L 8, 16 × λ 1e-3, 1e-2, E = 2
@@ -117,8 +118,8 @@ def add_certificates(rows: list[dict], run, lam: float, kink_tols: list[float]) 
         seconds = (time.perf_counter() - start) / len(certs)
         for row, c in zip(rows, certs):
             out.append(row | {"kink_tol": tol, "verdict": c.verdict, "rel_grad": c.rel_grad, "rel_subgrad": c.rel_subgrad,
-                              "h_min": c.hessian_min, "h_max": c.hessian_max, "kinks": c.kinks, "sharp": c.sharp_kinks,
-                              "concave": c.concave_kinks, "collapsed": c.collapsed, "escape": c.escape_ratio,
+                              "h_min": c.hessian_min, "h_max": c.hessian_max, "face_min": c.face_min, "kinks": c.kinks,
+                              "sharp": c.sharp_kinks, "one_sided": c.one_sided_kinks, "concave": c.concave_kinks, "collapsed": c.collapsed, "escape": c.escape_ratio,
                               "cert_s": round(seconds, 1), "reason": c.reason})
     return out
 
@@ -128,7 +129,8 @@ def smooth_finish(run, depth: int, lam: float, args):
     `args.smooth_finish` iterations each), on a copy of its model; its steps and seconds are the
     recipe's plus the finish's."""
     cfg = {"lam": lam, "log_every": args.log_every, "mse_reduction": run.config.train.mse_reduction,
-           "phases": [{"optimizer": "lbfgs", "steps": args.smooth_finish, "smoothing": SMOOTHING, "gtol": 1e-10}]}
+           "phases": [{"optimizer": "lbfgs", "steps": args.smooth_finish, "smoothing": SMOOTHING, "gtol": 1e-10,
+                                    "escapes": args.escapes}]}
     model = run.model.select(list(range(run.model.members)))
     res = bnrank.fit(model, run.task.x_train, run.task.y_train, TrainConfig(**cfg), progress=False)
     metrics = res.metrics.assign(step=res.metrics.step + int(run.summary["steps"]))
@@ -153,12 +155,19 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--finish-steps", type=int, default=None, help="also run Adam → L-BFGS finish with this cap")
     ap.add_argument("--certify", action="store_true", help="certify every member of the recipe and finish runs")
+    ap.add_argument("--certify-kinds", nargs="+", default=["recipe", "recipe+smoothed", "adam+lbfgs"],
+                    help="the runs --certify certifies")
     ap.add_argument("--kink-tols", type=float, nargs="+", default=[1e-9], help="kink tolerances of the certificates")
     ap.add_argument("--smooth-finish", type=int, default=None,
                     help="also continue the recipe by the smoothed L-BFGS finish, this many iterations per width")
+    ap.add_argument("--escapes", type=int, default=0,
+                    help="rounds of leaving certified saddles after the smoothed finish (bnrank.training.escape)")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+
+    def certifies(kind: str) -> bool:
+        return args.certify and kind in args.certify_kinds
 
     rows = []
     for depth in args.depths:
@@ -169,13 +178,13 @@ def main() -> None:
             polish_from = tc.phases[0].steps + tc.phases[1].steps
             run = bnrank.train(cfg, progress=False)
             new = describe(run, depth, "recipe", polish_from, tc.stop.window, tc.stop.balance_tol)
-            new = add_certificates(new, run, lam, args.kink_tols) if args.certify else new
+            new = add_certificates(new, run, lam, args.kink_tols) if certifies("recipe") else new
             rows += new
             print("\n".join(json.dumps(r) for r in new), flush=True)
             if args.smooth_finish:
                 srun = smooth_finish(run, depth, lam, args)
                 new = describe(srun, depth, "recipe+smoothed", None, tc.stop.window, tc.stop.balance_tol)
-                new = add_certificates(new, srun, lam, args.kink_tols) if args.certify else new
+                new = add_certificates(new, srun, lam, args.kink_tols) if certifies("recipe+smoothed") else new
                 rows += new
                 print("\n".join(json.dumps(r) for r in new), flush=True)
             if args.finish_steps:
@@ -184,7 +193,7 @@ def main() -> None:
                 fcfg["train"].pop("stop", None)
                 frun = bnrank.train(fcfg, progress=False)
                 new = describe(frun, depth, "adam+lbfgs", None, tc.stop.window, tc.stop.balance_tol)
-                new = add_certificates(new, frun, lam, args.kink_tols) if args.certify else new
+                new = add_certificates(new, frun, lam, args.kink_tols) if certifies("adam+lbfgs") else new
                 rows += new
                 print("\n".join(json.dumps(r) for r in new), flush=True)
             if not args.no_baseline:
@@ -210,14 +219,14 @@ def main() -> None:
     if args.certify:
         print()
         print("| run | L | λ | member | steps | s | objective | kink tol | verdict | rel. gradient | rel. subgradient | "
-              "kinks (sharp, concave) | collapsed (escape gain / 2λ) | h_min | h_max | certificate s |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|---:|---:|---:|")
+              "kinks (sharp, one-sided, concave) | collapsed (escape gain / 2λ) | h_min | face min | h_max | certificate s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|---:|---:|---:|---:|")
         for r in rows:
             if "verdict" in r:
                 print(f"| {r['kind']} | {r['depth']} | {r['lam']:g} | {r['member']} | {r['steps']} | {r['seconds']} | "
                       f"{r['objective']:.6f} | {r['kink_tol']:g} | {r['verdict']} | {r['rel_grad']:.1e} | {r['rel_subgrad']:.1e} | "
-                      f"{r['kinks']} ({r['sharp']}, {r['concave']}) | {r['collapsed']} ({r['escape']:.2f}) | "
-                      f"{r['h_min']:.2e} | {r['h_max']:.3g} | {r['cert_s']} |")
+                      f"{r['kinks']} ({r['sharp']}, {r['one_sided']}, {r['concave']}) | {r['collapsed']} ({r['escape']:.2f}) | "
+                      f"{r['h_min']:.2e} | {r['face_min']:.2e} | {r['h_max']:.3g} | {r['cert_s']} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
