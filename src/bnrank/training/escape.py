@@ -3,7 +3,7 @@
 A finish (bnrank.training.finish) stops where the objective's (smoothed) gradient vanishes; on a
 regularized ReLU net that can be a saddle, which the certificate (bnrank.measure.certificate)
 detects with a direction v (unit, (P,)) along which C falls: at first order off a concave kink,
-at second order along negative curvature on the kinks' tangent space or when a collapsed
+at second order along negative curvature on the face tangent to the kinks or when a collapsed
 neuron is switched on. `escape_step` moves a member along that line:
 
 - the trial steps are t = ±‖θ‖·2⁻ʲ, j = 1 … LINE_POINTS (both signs: a curvature direction
