@@ -248,3 +248,16 @@ def test_minima_depth_table_reads_the_lowest_objective_class():
     table = fig1.minima_depth_table(best, depths)
     assert table["rank"].tolist() == [2, 2, -1]  # 0.028 < 0.031 at depth 8; no minimum at 12
     assert table["fitted"].tolist() == [True, True, False]
+
+
+def test_lowest_minima_keep_the_winning_class_of_each_depth_for_the_slope_check():
+    """The slope check fits a class only where it wins: rank 3's minima at 12, 14 (losing to rank 2,
+    far below slope 3) do not enter its fit; rank 2 wins at 10, 12, 14 with slope exactly 2."""
+    rows = [(10, 3, 0.0, 36.0), (10, 2, 0.02, 33.0), (12, 3, 0.001, 37.0), (12, 2, 0.0, 37.0),
+            (14, 3, 0.005, 38.0), (14, 2, 0.0, 41.0)]
+    best = _best(rows)
+    low = fig1.lowest_minima(best)
+    assert low[["depth", "rank_class"]].values.tolist() == [[10, 3], [12, 2], [14, 2]]
+    fits = fig1.fit_rank_classes(low.assign(rank=low["rank_class"], diverged=False)).set_index("rank")
+    assert fits.loc[2, "n_depths"] == 2 and abs(fits.loc[2, "slope"] - 2.0) < 1e-9
+    assert fig1.lowest_minima(best.iloc[:0]).empty

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -125,6 +126,28 @@ def test_finish_starts_rows_and_best_minima():
     assert (rows["steps"] <= 4 * 3 + 60).all()
     certified = rm.finish_starts(starts[:1], x, y, cfg, 1e-3)
     assert {"cert_verdict", "cert_rel_grad", "cert_hessian_min"} <= set(certified.columns)
+
+
+def test_a_finish_never_ends_above_its_start():
+    """A member whose finish rises (here: GD at 30/h_max, far beyond its stability bound 2/h_max, blows
+    up) keeps its start: its row is the start's objective, not diverged; every row ends at or below
+    its start."""
+    from bnrank.config import Phase
+    from bnrank.training.objective import objective
+
+    nets = _networks()
+    x = _x(30)
+    y = torch.randn(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    cfg = default_train_config(4, 1e-3, adam_steps=10, descent_steps=30, polish_steps=30, window=10, log_every=10)
+    starts = rm.depth_starts(4, [1, 2], nets)
+    before = [objective(s.model, x, y, torch.tensor([1e-3], dtype=torch.float64), cfg.mse_reduction)[0].item()
+              for s in starts]
+    calm = rm.finish_starts(starts, x, y, cfg, 1e-3, certify=False)
+    assert not calm["kept_start"].all() and (calm["objective"].to_numpy() <= np.array(before) + 1e-12).all()
+    wild = cfg.model_copy(update={"phases": [cfg.phases[0], Phase(optimizer="gd", steps=30, lr_sharpness=30.0)]})
+    rows = rm.finish_starts(starts, x, y, wild, 1e-3, certify=False)
+    assert rows["kept_start"].all() and not rows["diverged"].any() and not rows["converged"].any()
+    assert np.allclose(rows["objective"], before, rtol=1e-12, atol=0)
 
 
 def test_best_minima_keeps_the_lowest_objective_row_that_stayed_in_its_class():

@@ -45,9 +45,11 @@ class CompositionTask(StrictModel):
     """Rank-k composition task (docs/theory.md §5, Figure 1): x = g(z), y = h(z_1..z_k).
 
     z ~ N(0, I_latent_dim); g: R^latent_dim → R^d_in and h: R^rank → R^d_out are random
-    one-hidden-layer ReLU nets of width `hidden`; h reads (z_1, minor_scale·z_2, ...,
-    minor_scale·z_k), so minor_scale < 1 leaves a small part of y outside the best rank-1 fit;
-    x and y are standardized per coordinate.
+    one-hidden-layer ReLU nets of width `hidden`; h reads (z_1, c·z_2, ..., c·z_k), so c < 1
+    leaves a small part of y outside the best rank-1 fit; x and y are standardized per coordinate.
+    c = `minor_scale`, or, when `minor_fraction` ε is set, the c at which the part of the
+    standardized training targets' variance that E[y | z_1] leaves unexplained is ε
+    (`bnrank.tasks.composition.minor_scale_for`; minor_scale must then stay 1).
     """
 
     kind: Literal["composition"] = "composition"
@@ -62,12 +64,17 @@ class CompositionTask(StrictModel):
     bias_std: NonNegativeFloat = 0.5
     g_scale: PositiveFloat = 1.0
     minor_scale: PositiveFloat = 1.0
+    minor_fraction: float | None = Field(None, gt=0, lt=1)
     seed: int = 0
 
     @model_validator(mode="after")
     def _rank_fits_latent(self) -> "CompositionTask":
         if self.rank > self.latent_dim:
             raise ValueError(f"rank ({self.rank}) must be <= latent_dim ({self.latent_dim})")
+        if self.minor_fraction is not None and self.minor_scale != 1.0:
+            raise ValueError("set minor_scale or minor_fraction, not both")
+        if self.minor_fraction is not None and self.rank < 2:
+            raise ValueError("minor_fraction needs rank >= 2 (a rank-1 target has no minor latent)")
         return self
 
 

@@ -104,7 +104,8 @@ SLOPE_RULE = (
 MINIMA_RULE = (
     "per depth, the rank classes {r-1, r, r+1} among the seen ranks and rank 1, r = the depth's rank (RANK_RULE); "
     "a class's minimum = the lowest-objective finished start that stayed in it (bnrank.measure.rank_minima); "
-    "a depth's rank by minima = the class of its lowest minimum; the acceptance checks read ranks by minima"
+    "a depth's rank by minima = the class of its lowest minimum; the acceptance checks read ranks by minima, "
+    "and the slope check fits each class over the depths where its minimum is the lowest"
 )
 
 
@@ -370,6 +371,17 @@ def minima_depth_table(best: pd.DataFrame, depths: pd.DataFrame, cost_max: float
     return pd.DataFrame(rows, columns=["depth", "rank", "mse", "fitted", "ranks"])
 
 
+def lowest_minima(best: pd.DataFrame) -> pd.DataFrame:
+    """Per depth, the `best_minima` row of lowest objective: the class that wins there. A class's
+    slope is checked over these rows (MINIMA_RULE): a class's minimum at a depth where another
+    class is lower is a start finished away from the class's own basin (e.g. rank 3 truncated from
+    rank-2 networks at depths 16–24, whose third singular value sinks towards the threshold), not
+    a point of the figure's ‖θ‖²-against-L line."""
+    if best.empty:
+        return best
+    return best.loc[best.groupby("depth")["objective"].idxmin()].reset_index(drop=True)
+
+
 def crossings(best: pd.DataFrame, lam: float) -> list[dict]:
     """For each pair of rank classes (k, k+1) with minima at two or more common depths: the
     crossing depth predicted by TASK_RULE, L* = (MSE_k − MSE_{k+1})/λ + R⁽¹⁾_k − R⁽¹⁾_{k+1}
@@ -441,7 +453,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
         minima: per rank class {rank, start, source, objective, param_norm_sq, mse, verdict}
         (`minima_by_depth`; verdict null without certificates);
         minima_classes: per rank class of the minima {rank, n_depths, slope, checked_fit,
-        checked_slope} (`fit_rank_classes` of the minima); crossings: `crossings`;
+        checked_slope} (`fit_rank_classes` of the `lowest_minima`); crossings: `crossings`;
         rank_classes: per rank class {rank, depths, n_networks, slope, slope_stderr, intercept,
         intercept_stderr (the affine fit), expansion_slope, expansion_slope_stderr,
         expansion_intercept, r2_coef, r2_coef_stderr (with R⁽²⁾/L), checked_fit, checked_slope
@@ -470,7 +482,7 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
                               spec.workers)
     best = best_minima(minima)
     by_minima = minima_depth_table(best, depths, spec.cost_max)
-    minima_fits = fit_rank_classes(best.assign(rank=best["rank_class"]))
+    minima_fits = fit_rank_classes(lowest_minima(best).assign(rank=lambda b: b["rank_class"]))
     per_depth = minima_by_depth(best)
     depth_records = [row | {"rank_by_minima": int(m["rank"]), "minima": per_depth.get(row["depth"], [])}
                      for row, m in zip(depths.to_dict(orient="records"), by_minima.to_dict(orient="records"))]

@@ -14,7 +14,10 @@ trained ReLU MLPs, and each start is finished by the descent phases of the depth
 
 Rank = # singular values of W_{⌈L/2⌉} above RANK_THRESHOLD (0.1). All starts of one depth are
 finished as one ensemble (`finish_starts`: settling phases of heavy-ball GD at a lower momentum,
-then the train config's phases after the first, i.e. no Adam phase; `descent_config`), then certified (`bnrank.measure.certificate.certificate_rows`). A finished start may
+then the train config's phases after the first, i.e. no Adam phase; `descent_config`); a member
+whose finish ends above its start's objective (heavy-ball GD kicked off a minimum it could not
+settle back into within its steps) keeps its start (``kept_start``). Then each is certified
+(`bnrank.measure.certificate.certificate_rows`). A finished start may
 leave its class (its final rank differs from k): its row is kept and flagged ``left_class``.
 `best_minima` picks, per depth and rank class, the lowest-objective row that stayed in its class.
 """
@@ -34,6 +37,7 @@ from bnrank.measure.certificate import certificate_rows
 from bnrank.models import HOMOGENEOUS, EnsembleMLP
 from bnrank.pipeline import RANK_THRESHOLD, middle_rank
 from bnrank.training import fit
+from bnrank.training.objective import objective
 from bnrank.training.recipe import middle_layer
 
 STARTS = ("trained", "truncated", "extended")
@@ -44,7 +48,7 @@ SETTLE_FRACTION = 0.5
 """A finish starts with SETTLE_PHASES settling phases of SETTLE_FRACTION of its first descent
 phase's steps in all (`descent_config`)."""
 COLUMNS = ["depth", "rank_class", "start", "source", "source_depth", "source_rank", "mid_rank", "left_class",
-           "objective", "param_norm_sq", "mse", "steps", "diverged", "converged"]
+           "objective", "param_norm_sq", "mse", "steps", "diverged", "converged", "kept_start"]
 
 
 @dataclass
@@ -188,8 +192,19 @@ def finish_starts(starts: Sequence[Start], x: Tensor, y: Tensor, config: TrainCo
     model = stack([s.model for s in starts])
     train = descent_config(config, steps_factor)
     lams = [float(lam)] * model.members
+    lam_t = torch.tensor(lams, dtype=model.reference.dtype, device=model.reference.device)
+    xm, ym = x.to(model.reference), y.to(model.reference)
+    start_tensors = {k: v.detach().clone() for k, v in model.tensors().items()}
+    with torch.no_grad():
+        start_obj = objective(model, xm, ym, lam_t, train.mse_reduction)[0]
     result = fit(model, x, y, train, lam=lams, progress=False)
-    last = result.metrics[result.metrics.step == result.metrics.step.max()].set_index("member")
+    with torch.no_grad():
+        end_obj = objective(model, xm, ym, lam_t, train.mse_reduction)[0]
+        kept = torch.isfinite(start_obj) & ~(end_obj <= start_obj)  # a NaN end keeps the start too
+        for name, t in model.tensors().items():
+            t[kept] = start_tensors[name][kept]
+        obj, err, norm_sq = (v.tolist() for v in objective(model, xm, ym, lam_t, train.mse_reduction))
+    kept = kept.tolist()
     ranks = middle_rank(model, RANK_THRESHOLD)
     certs = certificate_rows(model, x, y, lams, train, certify)
     rows = []
@@ -197,10 +212,9 @@ def finish_starts(starts: Sequence[Start], x: Tensor, y: Tensor, config: TrainCo
         rows.append({
             "depth": s.depth, "rank_class": s.rank_class, "start": s.start, "source": s.source,
             "source_depth": s.source_depth, "source_rank": s.source_rank, "mid_rank": int(ranks[e]),
-            "left_class": int(ranks[e]) != s.rank_class, "objective": float(last.loc[e, "objective"]),
-            "param_norm_sq": float(last.loc[e, "param_norm_sq"]), "mse": float(last.loc[e, "mse"]),
-            "steps": int(result.stopped_step[e]), "diverged": bool(result.diverged[e]),
-            "converged": bool(result.converged[e]), **certs[e],
+            "left_class": int(ranks[e]) != s.rank_class, "objective": obj[e], "param_norm_sq": norm_sq[e],
+            "mse": err[e], "steps": int(result.stopped_step[e]), "diverged": bool(result.diverged[e]) and not kept[e],
+            "converged": bool(result.converged[e]) and not kept[e], "kept_start": kept[e], **certs[e],
         })
     return pd.DataFrame(rows)
 
