@@ -9,7 +9,7 @@ from bnrank.experiments import fig1, get_experiment
 from bnrank.measure.rank_minima import best_minima
 from bnrank.measure.theory import fit_depth_expansion
 
-SUMMARY_KEYS = {"preset", "lam", "threshold", "cost_max", "rank_rule", "fit_rule", "minor_scale", "depths", "rank_classes",
+SUMMARY_KEYS = {"preset", "lam", "threshold", "cost_max", "rank_rule", "fit_rule", "minor_fraction", "minor_scale", "depths", "rank_classes",
                 "acceptance", "n_networks", "n_diverged", "fig1b_trials", "sweep", "wall_time_s", "minima_rule",
                 "minima_classes", "crossings", "acceptance_by_networks"}
 CLASS_KEYS = {"rank", "depths", "n_networks", "slope", "slope_stderr", "intercept", "intercept_stderr",

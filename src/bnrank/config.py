@@ -655,7 +655,7 @@ def load_run_config(path: str | Path | None = None, assignments: list[str] = ())
 NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.kind": "mlp", "model.activation": "relu", "model.bias": True,
     "train.certify": False, "train.phases.*.history": 20, "train.phases.*.gtol": 1e-8, "train.adaptive_steps": None,
-    "train.phases.*.smoothing": None, "train.phases.*.escapes": 0,
+    "train.phases.*.smoothing": None, "train.phases.*.escapes": 0, "task.minor_fraction": None,
 }
 """Config fields whose value here gives exactly the network a config without the field gives:
 content hashes leave them out at that value (`canonical_dump`), so a config written before the
