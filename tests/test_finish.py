@@ -36,7 +36,7 @@ def _linear_problem(members=2, d_in=6, d_out=5, width=8, n=40, lam=0.05):
     return evaluate, theta, a, lam, shapes, sizes
 
 
-def _run(evaluate, theta, lam, iters=500, gtol=1e-10):
+def _run(evaluate, theta, lam, iters=500, gtol=1e-8):
     E = theta.shape[0]
     opt = LBFGS(evaluate, theta, torch.full((E,), lam, dtype=torch.float64), 20, gtol, torch.zeros(E, dtype=torch.bool))
     for _ in range(iters):
@@ -71,10 +71,15 @@ def test_batched_finish_equals_separate_finishes_and_a_failed_search_freezes_one
     batched = _run(poisoned, theta, lam, iters=60, gtol=1e-30)
     assert batched.failed.tolist() == [False, True, False]
     assert torch.equal(batched.theta[1], start[1])
+    clean = _run(evaluate, theta, lam, iters=60, gtol=1e-30)  # the same batch without the failure: bit-identical
     for e in (0, 2):
-        alone = _run(lambda th, e=e: evaluate(th), theta[e : e + 1], lam, iters=60, gtol=1e-30)
-        assert torch.equal(batched.theta[e], alone.theta[0])
-        assert torch.equal(batched.f[e : e + 1], alone.f)
+        assert torch.equal(batched.theta[e], clean.theta[e]) and torch.equal(batched.f[e], clean.f[e])
+    # E separate finishes reach the batched one's minimum (bits may differ: BLAS kernels depend on the batch size)
+    together = _run(evaluate, theta, lam)
+    for e in range(3):
+        alone = _run(evaluate, theta[e : e + 1], lam)
+        assert torch.allclose(together.theta[e], alone.theta[0], rtol=0, atol=1e-6)
+        assert together.f[e].item() == pytest.approx(alone.f[0].item(), abs=1e-12)
 
 
 def _data(n=24):
@@ -112,12 +117,12 @@ def test_fit_with_an_lbfgs_finish_keeps_members_independent():
     full = EnsembleMLP.init(2, [3, 6, 6, 2], seeds=[0, 1])
     res = fit(full, x, y, _cfg(steps=100), progress=False)
     assert res.steps == 400 and full.weights[0].dtype == torch.float64
-    alone = EnsembleMLP.init(1, [3, 6, 6, 2], seeds=[1])
-    res_alone = fit(alone, x, y, _cfg(steps=100), progress=False)
-    for p_full, p_alone in zip(full.parameters(), alone.parameters()):
-        assert torch.equal(p_full[1:], p_alone)
-    a = res.metrics[res.metrics.member == 1].drop(columns="member").reset_index(drop=True)
-    b = res_alone.metrics.drop(columns="member").reset_index(drop=True)
+    other = EnsembleMLP.init(2, [3, 6, 6, 2], seeds=[2, 1])  # member 1 with another ensemble mate
+    res_other = fit(other, x, y, _cfg(steps=100), progress=False)
+    for p_full, p_other in zip(full.parameters(), other.parameters()):
+        assert torch.equal(p_full[1], p_other[1])
+    a = res.metrics[res.metrics.member == 1].reset_index(drop=True)
+    b = res_other.metrics[res_other.metrics.member == 1].reset_index(drop=True)
     assert a.equals(b)
 
 
@@ -207,10 +212,10 @@ def test_smoothed_finish_keeps_members_independent():
         {"optimizer": "lbfgs", "steps": 60, "smoothing": [1e-2, 1e-3]}])
     full = EnsembleMLP.init(2, [3, 6, 6, 2], seeds=[0, 1])
     fit(full, x, y, cfg, progress=False)
-    alone = EnsembleMLP.init(1, [3, 6, 6, 2], seeds=[1])
-    fit(alone, x, y, cfg, progress=False)
-    for p_full, p_alone in zip(full.parameters(), alone.parameters()):
-        assert torch.allclose(p_full[1:], p_alone, rtol=0, atol=1e-12)
+    other = EnsembleMLP.init(2, [3, 6, 6, 2], seeds=[2, 1])  # member 1 with another ensemble mate
+    fit(other, x, y, cfg, progress=False)
+    for p_full, p_other in zip(full.parameters(), other.parameters()):
+        assert torch.equal(p_full[1], p_other[1])
 
 
 def test_smoothing_is_for_a_decreasing_lbfgs_homotopy_on_a_relu_mlp():
