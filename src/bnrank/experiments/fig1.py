@@ -87,8 +87,8 @@ from bnrank.measure.theory import fit_depth_expansion
 from bnrank.plots.fig1 import plot_norm_vs_depth, plot_trial_spectra, rank_colors
 from bnrank.pipeline import RANK_THRESHOLD
 from bnrank.sweep import SweepResult, load_sweep, run_sweep
-from bnrank.tasks import make_task
 from bnrank.sweep.executors import _context
+from bnrank.tasks import make_task
 from bnrank.training.recipe import default_init_scale, default_phase_steps, default_train_config
 
 TRUE_RANK = 2

@@ -196,15 +196,15 @@ def finish_starts(starts: Sequence[Start], x: Tensor, y: Tensor, config: TrainCo
     xm, ym = x.to(model.reference), y.to(model.reference)
     start_tensors = {k: v.detach().clone() for k, v in model.tensors().items()}
     with torch.no_grad():
-        start_obj = objective(model, xm, ym, lam_t, train.mse_reduction)[0]
+        start_values = objective(model, xm, ym, lam_t, train.mse_reduction)
     result = fit(model, x, y, train, lam=lams, progress=False)
     with torch.no_grad():
-        end_obj = objective(model, xm, ym, lam_t, train.mse_reduction)[0]
-        kept = torch.isfinite(start_obj) & ~(end_obj <= start_obj)  # a NaN end keeps the start too
+        end_values = objective(model, xm, ym, lam_t, train.mse_reduction)
+        keep = torch.isfinite(start_values[0]) & ~(end_values[0] <= start_values[0])  # a NaN end keeps the start too
         for name, t in model.tensors().items():
-            t[kept] = start_tensors[name][kept]
-        obj, err, norm_sq = (v.tolist() for v in objective(model, xm, ym, lam_t, train.mse_reduction))
-    kept = kept.tolist()
+            t[keep] = start_tensors[name][keep]
+    obj, err, norm_sq = (torch.where(keep, a, b).tolist() for a, b in zip(start_values, end_values))
+    kept = keep.tolist()
     ranks = middle_rank(model, RANK_THRESHOLD)
     certs = certificate_rows(model, x, y, lams, train, certify)
     rows = []
