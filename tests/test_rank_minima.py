@@ -112,6 +112,12 @@ def test_descent_config_drops_the_adam_phase_and_shifts_the_stop_rule():
     assert [p.optimizer for p in out.phases] == ["gd"] * 6 and [p.steps for p in out.phases] == [12] * 4 + [100, 150]
     assert [p.momentum for p in out.phases] == [0.9] * 4 + [0.9995] * 2
     assert out.stop.min_steps == 48 + 100 + 50 and cfg.stop.min_steps == 100 + 200 + 50
+    assert rm.descent_config(cfg, 0.5, [None, None]) == out  # no cap: no capped phase
+    capped = rm.descent_config(cfg, 0.5, [2, None])
+    first = capped.phases[0]
+    assert first.optimizer == "adam" and first.middle_rank == [2, None] and first.steps == round(100 * rm.CAPPED_FRACTION)
+    assert first.lr == cfg.phases[0].lr and first.lam_factor_start == 1.0 and capped.phases[1:] == out.phases
+    assert capped.stop.min_steps == min(cfg.stop.min_steps, out.stop.min_steps + first.steps)
 
 
 def test_finish_starts_rows_and_best_minima():
@@ -123,7 +129,7 @@ def test_finish_starts_rows_and_best_minima():
     rows = rm.finish_starts(starts, x, y, cfg, 1e-3, certify=False)
     assert len(rows) == len(starts) and list(rows.columns) == rm.COLUMNS
     assert (rows["left_class"] == (rows["mid_rank"] != rows["rank_class"])).all()
-    assert (rows["steps"] <= 4 * 3 + 60).all()
+    assert (rows["steps"] <= round(30 * rm.CAPPED_FRACTION) + 4 * 3 + 60).all()
     certified = rm.finish_starts(starts[:1], x, y, cfg, 1e-3)
     assert {"cert_verdict", "cert_rel_grad", "cert_hessian_min"} <= set(certified.columns)
 

@@ -29,6 +29,7 @@ from bnrank.errors import ConfigError
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 PerMember = Union[PositiveFloat, list[PositiveFloat]]
 PerMemberNonNegative = Union[NonNegativeFloat, list[NonNegativeFloat]]
 
@@ -416,6 +417,7 @@ class Phase(StrictModel):
     gtol: PositiveFloat = 1e-8
     smoothing: list[PositiveFloat] | None = None
     escapes: int = Field(0, ge=0)
+    middle_rank: Union[NonNegativeInt, list[NonNegativeInt | None], None] = None
 
     @model_validator(mode="after")
     def _check(self) -> "Phase":
@@ -431,6 +433,8 @@ class Phase(StrictModel):
         if self.smoothing is not None and (self.optimizer != "lbfgs" or not self.smoothing
                                            or any(b >= a for a, b in zip(self.smoothing, self.smoothing[1:]))):
             raise ValueError("smoothing is a non-empty decreasing list of widths for optimizer 'lbfgs'")
+        if self.middle_rank is not None and self.optimizer == "lbfgs":
+            raise ValueError("middle_rank (a rank cap on W_{ceil(L/2)}) is for optimizer 'adam', 'gd' or 'sgd'")
         if self.escapes and self.optimizer != "lbfgs":
             raise ValueError("escapes (leaving saddles after the finish) are for optimizer 'lbfgs'")
         if self.optimizer == "adam" and (self.lr_sharpness is not None or self.momentum == "auto"):
@@ -505,6 +509,7 @@ class RunConfig(StrictModel):
     def _per_member_lengths(self) -> "RunConfig":
         fields = {"model.init_scale": self.model.init_scale, "train.lam": self.train.lam}
         fields |= {f"train.phases.{i}.lr": p.lr for i, p in enumerate(self.train.phases)}
+        fields |= {f"train.phases.{i}.middle_rank": p.middle_rank for i, p in enumerate(self.train.phases)}
         if self.seeds is not None:
             fields["seeds"] = self.seeds
         for name, value in fields.items():
@@ -656,6 +661,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.kind": "mlp", "model.activation": "relu", "model.bias": True,
     "train.certify": False, "train.phases.*.history": 20, "train.phases.*.gtol": 1e-8, "train.adaptive_steps": None,
     "train.phases.*.smoothing": None, "train.phases.*.escapes": 0, "task.minor_fraction": None,
+    "train.phases.*.middle_rank": None,
 }
 """Config fields whose value here gives exactly the network a config without the field gives:
 content hashes leave them out at that value (`canonical_dump`), so a config written before the

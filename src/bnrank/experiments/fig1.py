@@ -82,7 +82,7 @@ from bnrank.atomic import write_json, write_parquet
 from bnrank.errors import StoreError
 from bnrank.experiments import resolve_preset
 from bnrank.experiments.output import print_checks, write_outputs
-from bnrank.measure.rank_minima import best_minima, depth_minima, problem_from_sweep
+from bnrank.measure.rank_minima import CAPPED_FRACTION, best_minima, depth_minima, problem_from_sweep
 from bnrank.measure.theory import fit_depth_expansion
 from bnrank.plots.fig1 import plot_norm_vs_depth, plot_trial_spectra, rank_colors
 from bnrank.pipeline import RANK_THRESHOLD
@@ -159,7 +159,7 @@ PRESETS: dict[str, Preset] = {
                    analyze_points=8, minima_certify=False),
     # ≤ 15 min on 2 shared CPU cores (measured: results/fig1-quick-cpu/README.md).
     "quick": Preset(depths=tuple(range(4, 29, 2)), trials=2, width=40, n_train=150, g_scale=0.2,
-                    steps_factor=0.5, workers=2, minima_steps_factor=0.1, minima_certify=False),
+                    steps_factor=0.5, workers=2, minima_steps_factor=0.4, minima_certify=False),
     # The paper's sizes: depths up to 30, 4 trials, width 100, N = 500 (a GPU or a cluster).
     "paper": Preset(depths=tuple(range(4, 31, 2)), trials=4, width=100, n_train=500, n_test=500, g_scale=0.2,
                     device="auto", threads=None),
@@ -337,10 +337,11 @@ def rank_minima_rows(result: SweepResult, depths: pd.DataFrame, directory: Path,
     on a rerun, so an interrupted run resumes); `workers` processes compute the missing depths,
     deepest first. A directory holding minima of other settings raises StoreError."""
     classes = minima_classes(depths)
-    settings = {"steps_factor": steps_factor, "certify": certify, "classes": {str(d): r for d, r in classes.items()}}
+    settings = {"steps_factor": steps_factor, "capped_fraction": CAPPED_FRACTION, "certify": certify,
+                "classes": {str(d): r for d, r in classes.items()}}
     stored = directory / "settings.json"
     if stored.is_file() and json.loads(stored.read_text()) != settings:
-        raise StoreError(f"{directory} holds per-rank minima of other settings (steps factor, certificate or rank "
+        raise StoreError(f"{directory} holds per-rank minima of other settings (steps factor, capped fraction, certificate or rank "
                          "classes); use another --out or remove it")
     write_json(stored, settings)
     paths = {d: directory / f"depth_{d:03d}.parquet" for d in classes}

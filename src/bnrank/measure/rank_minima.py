@@ -13,8 +13,11 @@ trained ReLU MLPs, and each start is finished by the descent phases of the depth
   re-balanced, then truncated to rank k as above.
 
 Rank = # singular values of W_{⌈L/2⌉} above RANK_THRESHOLD (0.1). All starts of one depth are
-finished as one ensemble (`finish_starts`: settling phases of heavy-ball GD at a lower momentum,
-then the train config's phases after the first, i.e. no Adam phase; `descent_config`); a member
+finished as one ensemble (`finish_starts`, `descent_config`): the truncated and extended starts
+first run Adam with W_{⌈L/2⌉} capped at rank k (projected steps, Phase.middle_rank), so the
+other layers drop what the truncation cut off, and a start's second direction does not simply
+regrow through layers that still carry it; then all run settling phases of heavy-ball GD at a
+lower momentum and the train config's phases after the first (no Adam phase, no cap); a member
 whose finish ends above its start's objective (heavy-ball GD kicked off a minimum it could not
 settle back into within its steps) keeps its start (``kept_start``). Then each is certified
 (`bnrank.measure.certificate.certificate_rows`). A finished start may
@@ -47,6 +50,9 @@ SETTLE_PHASES = 4
 SETTLE_FRACTION = 0.5
 """A finish starts with SETTLE_PHASES settling phases of SETTLE_FRACTION of its first descent
 phase's steps in all (`descent_config`)."""
+CAPPED_FRACTION = 0.5
+"""A capped finish (truncated and extended starts) runs CAPPED_FRACTION of its first descent
+phase's steps of Adam with W_{⌈L/2⌉} capped at the start's rank class before settling."""
 COLUMNS = ["depth", "rank_class", "start", "source", "source_depth", "source_rank", "mid_rank", "left_class",
            "objective", "param_norm_sq", "mse", "steps", "diverged", "converged", "kept_start"]
 
@@ -151,11 +157,14 @@ def depth_starts(depth: int, ranks: Sequence[int], networks: Sequence[Network]) 
     return starts
 
 
-def descent_config(config: TrainConfig, steps_factor: float = 1.0) -> TrainConfig:
+def descent_config(config: TrainConfig, steps_factor: float = 1.0, caps: Sequence[int | None] | None = None) -> TrainConfig:
     """`config` without its first (Adam) phase, its other phases' steps times `steps_factor`,
     preceded by SETTLE_PHASES settling phases (heavy-ball GD at lr = 1/h_max, momentum 0.9, h_max
     re-measured at each) of SETTLE_FRACTION of the first remaining phase's steps in all; the stop
-    rule's `min_steps` shifted to the settling and first descent phase plus one window.
+    rule's `min_steps` shifted to the settling and first descent phase plus one window. With
+    `caps` (one per member, None for no cap) and any cap set, a capped phase comes first: the
+    config's Adam phase (its lr, the smallest of a per-member lr, and schedule, constant λ) for
+    CAPPED_FRACTION of the first remaining phase's steps with `middle_rank` = caps.
 
     A truncated or extended start is far from a minimum (a depth-16 rank-1 truncation: mse 0.40
     against 0.0024 trained); the recipe's momentum 0.9995 from there blew ‖θ‖² from 55 to 10⁵ and
@@ -164,10 +173,20 @@ def descent_config(config: TrainConfig, steps_factor: float = 1.0) -> TrainConfi
         raise ConfigError("finishing a start needs a train config with phases after the first")
     phases = [p.model_copy(update={"steps": max(1, round(p.steps * steps_factor))}) for p in config.phases[1:]]
     settle = max(SETTLE_PHASES, round(phases[0].steps * SETTLE_FRACTION)) // SETTLE_PHASES
+    descent = phases[0].steps
     phases = [Phase(optimizer="gd", steps=settle, lr_sharpness=1.0, momentum=0.9)] * SETTLE_PHASES + phases
+    first = SETTLE_PHASES * settle + (phases[SETTLE_PHASES].steps if len(phases) > SETTLE_PHASES + 1 else 0)
+    if caps is not None and any(c is not None for c in caps):
+        adam = config.phases[0]
+        if adam.optimizer != "adam":
+            raise ConfigError(f"a capped finish runs the train config's Adam phase, not {adam.optimizer!r}")
+        lr = min(adam.lr) if isinstance(adam.lr, list) else adam.lr
+        capped = adam.model_copy(update={"steps": max(1, round(descent * CAPPED_FRACTION)), "lr": lr,
+                                         "lam_factor_start": 1.0, "warmup_steps": 0, "middle_rank": list(caps)})
+        phases = [capped] + phases
+        first += capped.steps
     stop = config.stop
     if stop is not None:
-        first = SETTLE_PHASES * settle + (phases[SETTLE_PHASES].steps if len(phases) > SETTLE_PHASES + 1 else 0)
         stop = stop.model_copy(update={"min_steps": min(stop.min_steps, first + stop.window)})
     return config.model_copy(update={"phases": phases, "stop": stop})
 
@@ -190,7 +209,7 @@ def finish_starts(starts: Sequence[Start], x: Tensor, y: Tensor, config: TrainCo
     if not starts:
         return pd.DataFrame(columns=COLUMNS)
     model = stack([s.model for s in starts])
-    train = descent_config(config, steps_factor)
+    train = descent_config(config, steps_factor, [None if s.start == "trained" else s.rank_class for s in starts])
     lams = [float(lam)] * model.members
     lam_t = torch.tensor(lams, dtype=model.reference.dtype, device=model.reference.device)
     xm, ym = x.to(model.reference), y.to(model.reference)

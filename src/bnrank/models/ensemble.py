@@ -259,6 +259,21 @@ class EnsembleMLP(EnsembleModel):
 
         rebalance_(self, sweeps, active)
 
+    def cap_middle_rank_(self, caps: Tensor, active: Tensor | None = None) -> None:
+        """Replace W_{⌈L/2⌉} of every member e (of the `active` ones, (E,) bool) by its best
+        rank-caps[e] approximation (SVD in float64); caps: (E,) integer, < 0 for no cap."""
+        from bnrank.training.recipe import middle_layer
+
+        w = self.weights[middle_layer(self.depth) - 1]
+        with torch.no_grad():
+            finite = torch.isfinite(w).flatten(1).all(1)
+            u, s, vh = torch.linalg.svd(torch.where(finite[:, None, None], w, 0).double(), full_matrices=False)
+            caps = torch.where(finite, caps.to(device=s.device), -1)
+            keep = torch.arange(s.shape[-1], device=s.device) < caps[:, None]
+            capped = ((u * (s * keep)[:, None, :]) @ vh).to(w.dtype)
+            change = caps >= 0 if active is None else (caps >= 0) & active.to(s.device)
+            w.copy_(torch.where(change[:, None, None], capped, w))
+
     # -- what analyze measures ----------------------------------------------------------------------
 
     def operators(self) -> dict[str, Tensor]:

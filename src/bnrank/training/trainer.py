@@ -118,6 +118,7 @@ def fit(
         if not torch.isfinite(t).all():
             raise DataError(f"training {name} contains NaN or inf")
     as_vec = lambda v: torch.tensor(v, dtype=ref.dtype, device=ref.device)  # noqa: E731
+    middle_caps = [_middle_caps(p, model) for p in phases]
     lam_values = lam if lam is not None else per_member(config.lam, E)
     lam_base = as_vec(lam_values)
     alive = torch.ones(E, dtype=torch.bool, device=ref.device)  # not diverged
@@ -179,6 +180,7 @@ def fit(
             cursor = 0
             xb, yb = (x[..., :batch, :].clone(), y[..., :batch, :].clone()) if batch else (x, y)
             run_step = GraphedStep(partial(train_step, opt, lr_elem, xb, yb), ref.device)
+            caps = middle_caps[phase_idx]
             if step == 0:
                 log(phase_idx, lr_base * lr_factor(phase, 0), lam_base * lam_factor(phase, 0))
             for t in range(phase.steps):
@@ -194,6 +196,8 @@ def fit(
                 opt.prepare(lr_factor(phase, t))
                 run_step()
                 step += 1
+                if caps is not None:
+                    model.cap_middle_rank_(caps, alive & ~done)
                 if config.rebalance_every and step % config.rebalance_every == 0:
                     model.rebalance_(active=alive & ~done)
                 if config.adaptive_steps is not None and step % config.adaptive_steps.every == 0:
@@ -226,6 +230,18 @@ def fit(
         wall_time=time.perf_counter() - start,
         failed=failed.cpu().tolist(),
     )
+
+
+def _middle_caps(phase, model: EnsembleModel) -> Tensor | None:
+    """The phase's `middle_rank` caps as an (E,) long tensor (−1: no cap), None without any."""
+    if phase.middle_rank is None:
+        return None
+    if not isinstance(model, EnsembleMLP):
+        raise ConfigError(f"train.phases[].middle_rank caps an MLP's middle weight, not {model.describe()}")
+    caps = phase.middle_rank if isinstance(phase.middle_rank, list) else [phase.middle_rank] * model.members
+    if len(caps) != model.members:
+        raise ConfigError(f"train.phases[].middle_rank has {len(caps)} values for {model.members} members")
+    return torch.tensor([-1 if c is None else c for c in caps], dtype=torch.long, device=model.reference.device)
 
 
 def _balance(model: EnsembleModel, like: Tensor) -> Tensor:
