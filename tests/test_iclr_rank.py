@@ -29,6 +29,22 @@ def test_tiny_preset_writes_figures_layers_run_and_summary(tmp_path):
     assert summary["passed"] == all(summary["checks"].values())
     run = load_run(out / "run")
     assert run.config.task.rank == 4 and run.task.d_in == run.task.d_out == 50
+    minima = pd.read_parquet(out / "rank_minima.parquet")
+    assert sorted(minima["rank_class"]) == [4, 5] and minima["best"].sum() == sum(
+        c["objective"] is not None for c in summary["rank_minima"]["classes"])
+    assert summary["checks"]["lowest_minimum_has_rank_4"] == (summary["rank_minima"]["lowest"] == 4)
+
+
+def test_compare_minima_names_the_lower_class_and_a_class_without_a_minimum():
+    rows = pd.DataFrame({"depth": 13, "rank_class": [4, 4, 5], "left_class": [False, True, False],
+                         "diverged": False, "objective": [0.631, 0.600, 0.634],
+                         "param_norm_sq": [140.0, 130.0, 145.0], "mse": [0.07, 0.06, 0.075]})
+    out = iclr_rank.compare_minima(rows, [4, 5])
+    assert out["lowest"] == 4 and [c["objective"] for c in out["classes"]] == [0.631, 0.634]
+    assert out["statement"].startswith("rank 4: 0.631000") and out["statement"].endswith("lowest: rank 4")
+    left = iclr_rank.compare_minima(rows.assign(left_class=[True, True, False]), [4, 5])
+    assert left["lowest"] == 5 and left["classes"][0]["objective"] is None
+    assert "rank 4: none (2 of 2 starts left the class)" in left["statement"]
 
 
 def test_unknown_preset_and_bad_depth_fail_with_one_line(tmp_path):

@@ -10,6 +10,7 @@ default recipe (`bnrank.training.recipe`); `members` seeds train together as one
 
     run/                    the trained run (bnrank.load_run reads it)
     layers.parquet          `bnrank.analyze(model, x_train).layers`
+    rank_minima.parquet     the per-rank minima (MINIMA_RULE; docs/columns.md#minima)
     weights.png/.svg        singular values of every W_ℓ against ℓ (threshold 0.1)
     activations.png/.svg    the top singular values of σ(α_ℓ(X)) against ℓ (member 0)
     nonlinearity.png/.svg   ‖σ(α_ℓ) − α_ℓ‖ / ‖α_ℓ‖ against ℓ
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 from rich import box
 from rich.console import Console
@@ -36,6 +38,7 @@ from bnrank.errors import ConfigError
 from bnrank.experiments import resolve_preset
 from bnrank.experiments.output import print_checks, torch_threads, write_outputs
 from bnrank.measure import analyze
+from bnrank.measure.rank_minima import best_minima, depth_minima, mark_best, problem_from_run
 from bnrank.plots.iclr import plot_activation_spectra, plot_nonlinearity_impact
 from bnrank.plots.spectra import plot_weight_spectra
 from bnrank.runs import train
@@ -43,6 +46,11 @@ from bnrank.training.recipe import default_init_scale, default_train_config, mid
 
 TRUE_RANK = 4
 MIDDLE_RULE = "the middle layer is ℓ = ceil(L/2): its weight W_ℓ and its activations σ(α_ℓ(X))"
+MINIMA_RULE = (
+    "each member's network with W_ceil(L/2) cut to rank k (or as trained if its rank is k), finished with W_ceil(L/2) "
+    "capped at rank k, then uncapped (bnrank.measure.rank_minima); a class's minimum = its lowest-objective finished "
+    "start that kept rank k (# singular values of W_ceil(L/2) > 0.1)"
+)
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,10 @@ class Preset:
     the recipe's phases of adam_steps, descent_steps and polish_steps (polish: a cap, the stop
     rule ends it); `mse_reduction`: the objective's fit term ("sum" over the 50 outputs, or
     their "mean", bnrank.training.objective); `threads` torch threads (None: torch's default); `analyze_points` training
-    inputs go to `bnrank.analyze`; `threshold`: the weight-rank threshold (the paper's 0.1)."""
+    inputs go to `bnrank.analyze`; `threshold`: the weight-rank threshold (the paper's 0.1).
+    Per-rank minima (`bnrank.measure.rank_minima`): every member's network cut to each rank of
+    `minima_ranks` at W_⌈L/2⌉ and finished (the descent phases × `minima_steps_factor`),
+    certified if `minima_certify`."""
 
     depth: int = 13
     width: int = 100
@@ -69,6 +80,9 @@ class Preset:
     threads: int | None = None
     analyze_points: int = 500
     threshold: float = 0.1
+    minima_ranks: tuple[int, ...] = (TRUE_RANK, TRUE_RANK + 1)
+    minima_steps_factor: float = 1.0
+    minima_certify: bool = True
 
 
 D_OUT = 50
@@ -76,7 +90,7 @@ D_OUT = 50
 PRESETS: dict[str, Preset] = {
     # Seconds: a smoke test of the pipeline (tests/test_iclr_rank.py), not a result.
     "tiny": Preset(depth=5, width=12, n_train=40, n_test=20, adam_steps=200, descent_steps=20, polish_steps=20,
-                   analyze_points=40, threads=1),
+                   analyze_points=40, threads=1, minima_certify=False),
     # A few minutes on one CPU core: the paper's depth and λ, smaller width and N.
     "quick": Preset(width=50, n_train=250, n_test=250, adam_steps=3000, descent_steps=3000, polish_steps=3000,
                     analyze_points=250, threads=1),
@@ -111,9 +125,10 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
         param_norm_sq, param_norm_sq_over_depth (the paper reports ≈ 6), train_mse, test_mse;
         weight_ranks (# singular values of W_ℓ > threshold), act_ranks (of σ(α_ℓ(X)), relative
         threshold), nonlin_impact, per member and layer; mid_weight_rank, mid_act_rank: the
-        ranks at the middle layer (MIDDLE_RULE), per member; checks: {every member's middle
-        weight rank = true rank, every member's middle activation rank = true rank} (computed),
-        passed; wall_time_s, train_time_s.
+        ranks at the middle layer (MIDDLE_RULE), per member; rank_minima: `compare_minima` of the
+        per-rank minima (MINIMA_RULE); checks: {every member's middle weight rank = true rank,
+        every member's middle activation rank = true rank, the lowest per-rank minimum has the
+        true rank} (computed), passed; wall_time_s, train_time_s.
     """
     spec = resolve_preset("iclr-rank", PRESETS, preset, options, hidden=HIDDEN_PRESETS)
     if spec.depth < 3:
@@ -126,7 +141,9 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
         task = trained.task
         model = trained.model.to(device="cpu", dtype=torch.float64)  # measured on the CPU in float64
         layers = analyze(model, task.x_train[: spec.analyze_points], threshold=spec.threshold).layers
-        summary = _summary(spec, cfg, trained, layers) | {
+        minima = depth_minima(problem_from_run(trained), spec.depth, spec.minima_ranks, spec.minima_steps_factor,
+                              spec.minima_certify)
+        summary = _summary(spec, cfg, trained, layers, minima) | {
             "preset": preset, "config": cfg.model_dump(mode="json"),
             "train_time_s": trained.summary["wall_time_s"], "wall_time_s": time.perf_counter() - start,
         }
@@ -136,12 +153,40 @@ def run(preset: str, out: Path, progress: bool | None = None, overrides: Sequenc
             "activations": plot_activation_spectra(layers),
             "nonlinearity": plot_nonlinearity_impact(layers),
         }
-        write_outputs(stage, summary, figures, {"layers": layers})
+        write_outputs(stage, summary, figures, {"layers": layers, "rank_minima": mark_best(minima)})
     _print_table(summary, layers, out)
     return summary
 
 
-def _summary(spec: Preset, cfg: RunConfig, trained, layers) -> dict:
+def compare_minima(minima: pd.DataFrame, ranks: Sequence[int]) -> dict:
+    """Which rank class has the lower minimum (MINIMA_RULE), from the finished starts `minima`.
+
+    Returns {classes: per rank of `ranks` {rank, objective, param_norm_sq, mse, verdict, starts,
+    left_class} (objective etc. null where every start left the class or diverged), lowest: the
+    rank of the lowest minimum (null if none), statement: one line with the numbers}."""
+    best = best_minima(minima)
+    classes = []
+    for k in ranks:
+        mine = minima[minima["rank_class"] == k]
+        row = best[best["rank_class"] == k]
+        top = row.iloc[0] if not row.empty else None
+        classes.append({
+            "rank": int(k), "starts": len(mine), "left_class": int(mine["left_class"].astype(bool).sum()),
+            "objective": float(top["objective"]) if top is not None else None,
+            "param_norm_sq": float(top["param_norm_sq"]) if top is not None else None,
+            "mse": float(top["mse"]) if top is not None else None,
+            "verdict": top["cert_verdict"] if top is not None and "cert_verdict" in top else None,
+        })
+    found = [c for c in classes if c["objective"] is not None]
+    lowest = min(found, key=lambda c: c["objective"]) if found else None
+    parts = [f"rank {c['rank']}: {c['objective']:.6f} (‖θ‖² {c['param_norm_sq']:.2f}, mse {c['mse']:.4g})"
+             if c["objective"] is not None else f"rank {c['rank']}: none ({c['left_class']} of {c['starts']} starts left the class)"
+             for c in classes]
+    statement = "; ".join(parts) + (f"; lowest: rank {lowest['rank']}" if lowest else "; no minimum in any class")
+    return {"classes": classes, "lowest": lowest["rank"] if lowest else None, "statement": statement}
+
+
+def _summary(spec: Preset, cfg: RunConfig, trained, layers, minima: pd.DataFrame) -> dict:
     depth = spec.depth
     by_member = [layers[layers["member"] == e].sort_values("layer") for e in range(cfg.members)]
     weight_ranks = [[int(r) for r in m["rank"]] for m in by_member]
@@ -150,9 +195,11 @@ def _summary(spec: Preset, cfg: RunConfig, trained, layers) -> dict:
     mid_w = [ranks[middle] for ranks in weight_ranks]
     mid_a = [ranks[middle] for ranks in act_ranks]
     members = trained.summary["members"]
+    comparison = compare_minima(minima, spec.minima_ranks)
     checks = {
         f"middle_weight_rank_is_{TRUE_RANK}": all(r == TRUE_RANK for r in mid_w),
         f"middle_activation_rank_is_{TRUE_RANK}": all(r == TRUE_RANK for r in mid_a),
+        f"lowest_minimum_has_rank_{TRUE_RANK}": comparison["lowest"] == TRUE_RANK,
     }
     return {
         "lam": spec.lam_times_depth / depth,
@@ -168,6 +215,8 @@ def _summary(spec: Preset, cfg: RunConfig, trained, layers) -> dict:
         "nonlin_impact": [[None if v != v else float(v) for v in m["nonlin_impact"]] for m in by_member],
         "mid_weight_rank": mid_w,
         "mid_act_rank": mid_a,
+        "minima_rule": MINIMA_RULE,
+        "rank_minima": comparison,
         "checks": checks,
         "passed": all(checks.values()),
     }
@@ -187,4 +236,5 @@ def _print_table(summary: dict, layers, out: Path) -> None:
     norms = " ".join(f"{v:.2f}" for v in summary["param_norm_sq_over_depth"])
     mses = " ".join(f"{v:.3g}" for v in summary["train_mse"])
     console.print(f"‖θ‖²/L = {norms} (paper ≈ 6)   train mse {mses}   time {summary['wall_time_s']:.0f} s")
+    console.print(f"per-rank minima: {summary['rank_minima']['statement']}")
     print_checks(console, summary["checks"])
