@@ -7,7 +7,9 @@ synchronizes on a member's value: a member whose objective turns non-finite is m
 on-device (its parameters stay as they were at that step) while the others go on unchanged.
 Diagnostics are computed every `log_every` steps at the current parameters on the full training
 set; there a member that meets the stop rule is frozen the same way, so every member's result is
-what it would be if it were trained alone. Training ends when no member is left to train.
+what it would be if it were trained alone. Training ends when no member is left to train. In a
+phase with `middle_rank` the MLP's W_{⌈L/2⌉} is projected onto its rank cap after every step
+(`EnsembleMLP.cap_middle_rank_`, outside the CUDA graph).
 
 A last phase with optimizer "lbfgs" is the float64 second-order finish (`bnrank.training.finish`):
 the model's parameters become float64 and stay so; one step is one L-BFGS iteration (its line
